@@ -1,0 +1,3 @@
+"""Pure, synchronous ML: online matrix factorization, popularity, ranking, evaluation."""
+
+__all__: list[str] = []

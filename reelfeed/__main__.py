@@ -1,0 +1,3 @@
+from reelfeed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""The ``reelfeed`` command line; subcommands that a machine reads print JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import orjson
+
+from reelfeed import __version__
+from reelfeed.infra import (
+    KAFKA_VERSION,
+    STACKS,
+    InfraError,
+    KafkaBroker,
+    RedisServer,
+    StackLayout,
+    create_topics,
+    default_cache_dir,
+    resolve_kafka_jars,
+)
+from reelfeed.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+log = logging.getLogger("reelfeed")
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _stack_topics(settings: Settings) -> dict[str, int]:
+    partitions = settings.topic_partitions
+    return {
+        settings.raw_topic: partitions,
+        settings.events_topic: partitions,
+        settings.rejected_topic: 1,
+        settings.recommendations_topic: partitions,
+    }
+
+
+def _stack_settings(stack: StackLayout, settings: Settings) -> Settings:
+    """Point the settings at a stack's own broker, Redis and folder."""
+    return settings.replace(
+        kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url, var_dir=stack.root
+    )
+
+
+def _infra_up(
+    stack: StackLayout, settings: Settings, environ: Mapping[str, str]
+) -> dict[str, object]:
+    started_at = time.monotonic()
+    lib = resolve_kafka_jars(default_cache_dir(environ))
+    redis_server = RedisServer(stack, persist=stack.name != "test")
+    broker = KafkaBroker(stack, lib)
+    redis_started = redis_server.start()
+    kafka_started = broker.start()
+    created = create_topics(broker.bootstrap, _stack_topics(_stack_settings(stack, settings)))
+    return {
+        "stack": stack.name,
+        "kafka": {
+            "bootstrap": broker.bootstrap,
+            "started": kafka_started,
+            "version": KAFKA_VERSION,
+        },
+        "redis": {"url": redis_server.url, "started": redis_started},
+        "topics_created": created,
+        "seconds": round(time.monotonic() - started_at, 2),
+    }
+
+
+def _infra_down(stack: StackLayout) -> dict[str, object]:
+    lib = Path("/nonexistent")  # stopping needs no jars
+    return {
+        "stack": stack.name,
+        "kafka_stopped": KafkaBroker(stack, lib).stop(),
+        "redis_stopped": RedisServer(stack).stop(),
+    }
+
+
+def _infra_status(stack: StackLayout) -> dict[str, object]:
+    lib = Path("/nonexistent")
+    return {
+        "stack": stack.name,
+        "kafka": {"bootstrap": stack.kafka_bootstrap, "pid": KafkaBroker(stack, lib).process.pid()},
+        "redis": {"url": stack.redis_url, "pid": RedisServer(stack).process.pid()},
+    }
+
+
+def cmd_infra(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    stack = STACKS[args.stack]
+    if args.action == "up":
+        _print_json(_infra_up(stack, settings, environ))
+    elif args.action == "down":
+        _print_json(_infra_down(stack))
+    elif args.action == "status":
+        _print_json(_infra_status(stack))
+    elif args.action == "jars":
+        _print_json({"lib": str(resolve_kafka_jars(default_cache_dir(environ)))})
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from reelfeed.supervise import start_workers
+
+    stack = STACKS["dev"]
+    report = _infra_up(stack, settings, environ)
+    report["workers"] = start_workers(_stack_settings(stack, settings), environ)
+    report["urls"] = {
+        "kafka": stack.kafka_bootstrap,
+        "redis": stack.redis_url,
+    }
+    _print_json(report)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from reelfeed.supervise import stop_workers
+
+    stack = STACKS["dev"]
+    workers = stop_workers(stack.root)
+    report = _infra_down(stack)
+    report["workers_stopped"] = workers
+    _print_json(report)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from reelfeed.workers import run_ingest_worker
+
+    if args.var_dir is not None:
+        settings = settings.replace(var_dir=Path(args.var_dir))
+    run_ingest_worker(settings)
+    return 0
+
+
+def cmd_version(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    _print_json({"reelfeed": __version__, "kafka": KAFKA_VERSION})
+    return 0
+
+
+Command = Callable[[argparse.Namespace, Settings, Mapping[str, str]], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reelfeed",
+        description="Streaming-first movie recommendations (settings: REELFEED_* variables).",
+    )
+    parser.add_argument("--log-level", default=None, help="override REELFEED_LOG_LEVEL")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    infra = commands.add_parser("infra", help="start/stop the local Kafka broker and Redis alone")
+    infra.add_argument("action", choices=["up", "down", "status", "jars"])
+    infra.add_argument("--stack", choices=sorted(STACKS), default="dev")
+    infra.set_defaults(handler=cmd_infra)
+
+    up = commands.add_parser("up", help="run the whole local stack in the background")
+    up.set_defaults(handler=cmd_up)
+    down = commands.add_parser("down", help="stop everything `up` started")
+    down.set_defaults(handler=cmd_down)
+
+    ingest = commands.add_parser("ingest", help="run the ingest Faust worker in the foreground")
+    ingest.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    version = commands.add_parser("version", help="print versions as JSON")
+    version.set_defaults(handler=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(environ)
+    except SettingsError as exc:
+        sys.stderr.write(f"reelfeed: bad setting: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=(args.log_level or settings.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Command = args.handler
+    try:
+        return handler(args, settings, environ)
+    except InfraError as exc:
+        sys.stderr.write(f"reelfeed: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

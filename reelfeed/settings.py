@@ -1,0 +1,120 @@
+"""Settings of a reelfeed process, read once from the environment.
+
+Library packages never read ``os.environ``: the entry point calls
+``Settings.from_env(os.environ)``, which casts every value and fails fast with the
+name of the bad key, then hands plain values down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["PREFIX", "Settings", "SettingsError"]
+
+PREFIX = "REELFEED_"
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment is missing its expected shape."""
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError(f"{port} is not a TCP port")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("empty")
+    return raw.strip()
+
+
+_CASTS: dict[type[Any] | str, Callable[[str], Any]] = {
+    "int": _positive_int,
+    "float": _positive_float,
+    "str": _non_empty,
+    "Path": Path,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a reelfeed process; each maps to ``REELFEED_<NAME>``.
+
+    Examples
+    --------
+    >>> s = Settings.from_env({"REELFEED_RAW_TOPIC": "movielog7", "REELFEED_SERVER_PORT": "9000"})
+    >>> s.raw_topic, s.server_port, s.server_host
+    ('movielog7', 9000, '127.0.0.1')
+    >>> Settings.from_env({"REELFEED_SERVER_PORT": "http"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    reelfeed.settings.SettingsError: REELFEED_SERVER_PORT='http': invalid literal for int()...
+    """
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key, so that several stacks can share one server.
+    redis_prefix: str = "rf"
+    raw_topic: str = "movielog"
+    events_topic: str = "reelfeed.events"
+    rejected_topic: str = "reelfeed.rejected"
+    recommendations_topic: str = "reelfeed.recommendations"
+    topic_partitions: int = 4
+    server_host: str = "127.0.0.1"
+    server_port: int = 8082
+    ingest_metrics_port: int = 9201
+    #: Folder for process state: Faust's data dir, pid files, logs.
+    var_dir: Path = Path("var/dev")
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``REELFEED_*`` variables; unknown ones are an error."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in environ.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX) :].lower()
+            field = fields.get(name)
+            if field is None:
+                raise SettingsError(f"{key} is not a reelfeed setting")
+            cast = _CASTS[_type_name(field.type)]
+            if name.endswith("_port"):
+                cast = _port
+            try:
+                values[name] = cast(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{key}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _type_name(annotation: Any) -> str:
+    # With `from __future__ import annotations` the field types are strings.
+    return annotation if isinstance(annotation, str) else annotation.__name__

@@ -1,0 +1,3 @@
+"""Canary controller, scheduled retraining, notifications."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The aiohttp recommendation server."""
+
+__all__: list[str] = []
