@@ -26,7 +26,7 @@ from reelfeed.infra import (
 )
 from reelfeed.settings import Settings, SettingsError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "stack_down", "stack_up"]
 
 log = logging.getLogger("reelfeed")
 
@@ -107,28 +107,35 @@ def cmd_infra(args: argparse.Namespace, settings: Settings, environ: Mapping[str
     return 0
 
 
-def cmd_up(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+def stack_up(
+    stack: StackLayout, settings: Settings, environ: Mapping[str, str]
+) -> dict[str, object]:
+    """Start a whole local stack: infrastructure first, then the workers."""
     from reelfeed.supervise import start_workers
 
-    stack = STACKS["dev"]
     report = _infra_up(stack, settings, environ)
     report["workers"] = start_workers(_stack_settings(stack, settings), environ)
-    report["urls"] = {
-        "kafka": stack.kafka_bootstrap,
-        "redis": stack.redis_url,
-    }
-    _print_json(report)
+    report["urls"] = {"kafka": stack.kafka_bootstrap, "redis": stack.redis_url}
+    return report
+
+
+def stack_down(stack: StackLayout) -> dict[str, object]:
+    """Stop what `stack_up` started: the workers first, then the infrastructure."""
+    from reelfeed.supervise import stop_workers
+
+    workers = stop_workers(stack.root)
+    report = _infra_down(stack)
+    report["workers_stopped"] = workers
+    return report
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    _print_json(stack_up(STACKS["dev"], settings, environ))
     return 0
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
-    from reelfeed.supervise import stop_workers
-
-    stack = STACKS["dev"]
-    workers = stop_workers(stack.root)
-    report = _infra_down(stack)
-    report["workers_stopped"] = workers
-    _print_json(report)
+    _print_json(stack_down(STACKS["dev"]))
     return 0
 
 

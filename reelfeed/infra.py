@@ -20,9 +20,10 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "KAFKA_VERSION",
@@ -377,11 +378,14 @@ def _ensure_port_free(port: int, what: str) -> None:
             ) from None
 
 
+_Probe = Callable[[], Coroutine[Any, Any, None]]
+
+
 def _never_dead() -> bool:
     return True
 
 
-def wait_for_kafka(bootstrap: str, timeout: float, alive: object = _never_dead) -> None:
+def wait_for_kafka(bootstrap: str, timeout: float, alive: Callable[[], bool] = _never_dead) -> None:
     """Wait until the broker answers a metadata request."""
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -396,7 +400,7 @@ def wait_for_kafka(bootstrap: str, timeout: float, alive: object = _never_dead) 
     _wait_until(probe, timeout, alive, f"Kafka at {bootstrap}")
 
 
-def wait_for_redis(url: str, timeout: float, alive: object = _never_dead) -> None:
+def wait_for_redis(url: str, timeout: float, alive: Callable[[], bool] = _never_dead) -> None:
     import redis.asyncio as aioredis
 
     async def probe() -> None:
@@ -409,14 +413,27 @@ def wait_for_redis(url: str, timeout: float, alive: object = _never_dead) -> Non
     _wait_until(probe, timeout, alive, f"Redis at {url}")
 
 
-def _wait_until(probe: object, timeout: float, alive: object, what: str) -> None:
+def _wait_until(probe: _Probe, timeout: float, alive: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + timeout
+    # Refused connections are expected while a service starts; aiokafka logs each at ERROR.
+    quiet = logging.getLogger("aiokafka")
+    previous_level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        _poll(probe, deadline, timeout, alive, what)
+    finally:
+        quiet.setLevel(previous_level)
+
+
+def _poll(
+    probe: _Probe, deadline: float, timeout: float, alive: Callable[[], bool], what: str
+) -> None:
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
-        if callable(alive) and not alive():
+        if not alive():
             raise InfraError(f"{what}: the process exited while starting")
         try:
-            asyncio.run(probe())  # type: ignore[operator]
+            asyncio.run(probe())
             return
         except Exception as exc:  # any failure to answer means: not ready yet
             last_error = exc
