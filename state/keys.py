@@ -1,4 +1,19 @@
-"""The Redis key schema: every key reelfeed writes is spelled here, and only here."""
+"""The Redis key schema: every key reelfeed writes is spelled here, and only here.
+
+Layout (``p`` is the stack's prefix, ``rf`` by default)::
+
+    p:ingest:lines               counter of raw lines consumed (skeleton, kept for tests)
+    p:ingest:wm                  hash "<topic>:<partition>" -> last source offset applied
+    p:ingest:count               hash event kind -> events applied
+    p:ingest:rejected            hash reject reason -> lines refused
+    p:u:<user>:watched           hash movie -> furthest minute reached
+    p:u:<user>:rated             hash movie -> rating (1-5), the latest one
+    p:m:<movie>:stats            hash watchers / ratings / rating_sum
+    p:pop                        zset movie -> forward-decayed popularity
+    p:pop:g:<genre>              zset, the same restricted to one genre
+    p:pop:landmark               the time (s) at which a popularity weight is 1
+    p:pop:keys                   set of the popularity zsets (rescaled together)
+"""
 
 from __future__ import annotations
 
@@ -13,8 +28,9 @@ class KeySchema:
 
     Examples
     --------
-    >>> KeySchema("rf").ingest_lines()
-    'rf:ingest:lines'
+    >>> keys = KeySchema("rf")
+    >>> keys.watched(42), keys.popularity(), keys.genre_popularity("Drama")
+    ('rf:u:42:watched', 'rf:pop', 'rf:pop:g:Drama')
     """
 
     prefix: str = "rf"
@@ -22,3 +38,33 @@ class KeySchema:
     def ingest_lines(self) -> str:
         """Counter of raw lines the ingest app has consumed."""
         return f"{self.prefix}:ingest:lines"
+
+    def ingest_watermarks(self) -> str:
+        return f"{self.prefix}:ingest:wm"
+
+    def ingest_counts(self) -> str:
+        return f"{self.prefix}:ingest:count"
+
+    def ingest_rejected(self) -> str:
+        return f"{self.prefix}:ingest:rejected"
+
+    def watched(self, user_id: int) -> str:
+        return f"{self.prefix}:u:{user_id}:watched"
+
+    def rated(self, user_id: int) -> str:
+        return f"{self.prefix}:u:{user_id}:rated"
+
+    def movie_stats(self, movie_id: str) -> str:
+        return f"{self.prefix}:m:{movie_id}:stats"
+
+    def popularity(self) -> str:
+        return f"{self.prefix}:pop"
+
+    def genre_popularity(self, genre: str) -> str:
+        return f"{self.prefix}:pop:g:{genre}"
+
+    def popularity_landmark(self) -> str:
+        return f"{self.prefix}:pop:landmark"
+
+    def popularity_keys(self) -> str:
+        return f"{self.prefix}:pop:keys"
