@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
     ingest.set_defaults(handler=cmd_ingest)
 
+    from reelfeed.validate import add_validate_command
+
+    add_validate_command(commands)
+
     version = commands.add_parser("version", help="print versions as JSON")
     version.set_defaults(handler=cmd_version)
     return parser

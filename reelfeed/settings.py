@@ -26,7 +26,7 @@ class SettingsError(ValueError):
 
 def _port(raw: str) -> int:
     port = int(raw)
-    if not 0 < port < 65536:
+    if not 0 <= port < 65536:
         raise ValueError(f"{port} is not a TCP port")
     return port
 
@@ -85,7 +85,23 @@ class Settings:
     topic_partitions: int = 4
     server_host: str = "127.0.0.1"
     server_port: int = 8082
+    #: Address of the workers' Prometheus endpoints; a port of 0 turns one off.
+    metrics_host: str = "127.0.0.1"
     ingest_metrics_port: int = 9201
+    ingest_app_id: str = "reelfeed-ingest"
+    #: Seconds before Kafka gives a silent consumer's partitions to another one; also
+    #: how long a restarted worker may wait for the partitions of the one it replaces.
+    kafka_session_timeout: float = 10.0
+    #: Seconds between Kafka offset commits of the ingest app.
+    ingest_commit_interval: float = 1.0
+    #: A batch of raw lines closes after this many seconds even when not full.
+    ingest_batch_seconds: float = 0.05
+    #: Half-life of the popularity decay, in seconds of event time.
+    popularity_half_life: float = 86_400.0
+    #: Largest user id accepted from the stream.
+    max_user_id: int = 10_000_000
+    #: Movie catalog CSV (course API fields: movie_id, runtime, genres); empty: none.
+    catalog_path: Path | None = None
     #: Folder for process state: Faust's data dir, pid files, logs.
     var_dir: Path = Path("var/dev")
     log_level: str = "INFO"
@@ -102,7 +118,12 @@ class Settings:
             field = fields.get(name)
             if field is None:
                 raise SettingsError(f"{key} is not a reelfeed setting")
-            cast = _CASTS[_type_name(field.type)]
+            type_name = _type_name(field.type)
+            optional = type_name.endswith(" | None")
+            if optional and not raw.strip():
+                values[name] = None
+                continue
+            cast = _CASTS[type_name.removesuffix(" | None")]
             if name.endswith("_port"):
                 cast = _port
             try:

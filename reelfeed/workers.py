@@ -2,26 +2,64 @@
 
 from __future__ import annotations
 
-import faust
+import logging
 
+import faust
+from prometheus_client import start_http_server
+
+from reelfeed.infra import create_topics
 from reelfeed.settings import Settings
+from stream.catalog import Catalog, load_catalog_csv
 from stream.ingest import IngestConfig, create_app
+from stream.parser import ParseContext
 
 __all__ = ["ingest_config", "run_ingest_worker"]
 
+log = logging.getLogger(__name__)
+
 
 def ingest_config(settings: Settings) -> IngestConfig:
+    catalog = Catalog()
+    if settings.catalog_path is not None:
+        catalog = load_catalog_csv(settings.catalog_path)
+        log.info("catalog: %d movies from %s", len(catalog), settings.catalog_path)
     return IngestConfig(
         kafka_bootstrap=settings.kafka_bootstrap,
         redis_url=settings.redis_url,
         redis_prefix=settings.redis_prefix,
         raw_topic=settings.raw_topic,
+        events_topic=settings.events_topic,
+        rejected_topic=settings.rejected_topic,
         datadir=settings.var_dir / "faust",
+        app_id=settings.ingest_app_id,
         topic_partitions=settings.topic_partitions,
+        batch_seconds=settings.ingest_batch_seconds,
+        commit_interval_s=settings.ingest_commit_interval,
+        session_timeout_s=settings.kafka_session_timeout,
+        popularity_half_life_s=settings.popularity_half_life,
+        parse_context=ParseContext(max_user_id=settings.max_user_id),
+        catalog=catalog,
     )
 
 
+def _serve_metrics(settings: Settings, port: int) -> None:
+    if port:
+        start_http_server(port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+
+
 def run_ingest_worker(settings: Settings) -> None:
-    app = create_app(ingest_config(settings))
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), loop=None)
+    config = ingest_config(settings)
+    # Topics the app writes must exist: the broker does not create topics on first use.
+    create_topics(
+        settings.kafka_bootstrap,
+        {
+            config.raw_topic: settings.topic_partitions,
+            config.events_topic: settings.topic_partitions,
+            config.rejected_topic: 1,
+        },
+    )
+    _serve_metrics(settings, settings.ingest_metrics_port)
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()

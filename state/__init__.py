@@ -9,14 +9,12 @@ from state.features import (
     RequestUpdate,
     WatchUpdate,
 )
-from state.ingest_store import IngestStore
 from state.keys import KeySchema
 
 __all__ = [
     "ApplyResult",
     "FeatureStore",
     "FeatureUpdate",
-    "IngestStore",
     "KeySchema",
     "RatingUpdate",
     "RejectUpdate",

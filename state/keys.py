@@ -2,7 +2,6 @@
 
 Layout (``p`` is the stack's prefix, ``rf`` by default)::
 
-    p:ingest:lines               counter of raw lines consumed (skeleton, kept for tests)
     p:ingest:wm                  hash "<topic>:<partition>" -> last source offset applied
     p:ingest:count               hash event kind -> events applied
     p:ingest:rejected            hash reject reason -> lines refused
@@ -34,10 +33,6 @@ class KeySchema:
     """
 
     prefix: str = "rf"
-
-    def ingest_lines(self) -> str:
-        """Counter of raw lines the ingest app has consumed."""
-        return f"{self.prefix}:ingest:lines"
 
     def ingest_watermarks(self) -> str:
         return f"{self.prefix}:ingest:wm"

@@ -1,16 +1,27 @@
-"""The ingest Faust app: raw movielog lines in, counted in Redis."""
+"""The ingest Faust app: raw movielog lines in; typed events, refusals and features out.
+
+The agent only batches messages and hands them to ``IngestProcessor``; everything
+that decides anything is in ``stream.parser`` and ``stream.processor``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import faust
 import redis.asyncio as aioredis
 
-from state import IngestStore, KeySchema
+from state import FeatureStore, KeySchema
+from stream import metrics
+from stream.catalog import Catalog
+from stream.kafka_io import read_partition_range
+from stream.parser import DEFAULT_DUPLICATE_CAPACITY, DuplicateFilter, LineValidator, ParseContext
+from stream.processor import SOURCE_HEADER, IngestProcessor, OutgoingEvent, SourceLine
 
 __all__ = ["IngestConfig", "create_app"]
 
@@ -19,15 +30,51 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
+    """What the ingest app needs to know; ``reelfeed.workers`` builds it from settings."""
+
     kafka_bootstrap: str
     redis_url: str
     redis_prefix: str
     raw_topic: str
+    events_topic: str
+    rejected_topic: str
     datadir: Path
     app_id: str = "reelfeed-ingest"
     topic_partitions: int = 4
-    batch_size: int = 500
-    batch_seconds: float = 0.2
+    batch_size: int = 2000
+    #: A batch closes after this long even when not full: the latency/throughput knob.
+    batch_seconds: float = 0.05
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = 10.0
+    popularity_half_life_s: float = 86_400.0
+    duplicate_memory: int = DEFAULT_DUPLICATE_CAPACITY
+    parse_context: ParseContext = field(default_factory=ParseContext)
+    catalog: Catalog = field(default_factory=Catalog)
+
+
+class _FaustPublisher:
+    """Publishes through the app's producer and waits for Kafka's acknowledgements."""
+
+    def __init__(self, events: faust.TopicT, rejected: faust.TopicT) -> None:
+        self._events = events
+        self._rejected = rejected
+
+    async def publish(self, events: Sequence[OutgoingEvent], rejected: Sequence[bytes]) -> None:
+        pending = [
+            await self._events.send(
+                key=event.key, value=event.value, headers=[(SOURCE_HEADER, event.source)]
+            )
+            for event in events
+        ]
+        pending.extend([await self._rejected.send(value=line) for line in rejected])
+        if pending:
+            await asyncio.gather(*pending)
+
+
+def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
 
 
 def create_app(config: IngestConfig) -> faust.App:
@@ -39,18 +86,65 @@ def create_app(config: IngestConfig) -> faust.App:
         # The stream is the source of truth: a new consumer group starts at the beginning.
         consumer_auto_offset_reset="earliest",
         topic_partitions=config.topic_partitions,
+        broker_commit_interval=config.commit_interval_s,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, config.session_timeout_s / 3),
         web_enabled=False,
         autodiscover=False,
     )
-    raw_topic = app.topic(config.raw_topic, value_type=bytes, value_serializer="raw")
+    raw_topic = _raw_topic(app, config.raw_topic)
+    publisher = _FaustPublisher(
+        _raw_topic(app, config.events_topic), _raw_topic(app, config.rejected_topic)
+    )
     redis_client = aioredis.Redis.from_url(config.redis_url)
-    store = IngestStore(redis_client, KeySchema(config.redis_prefix))
+    features = FeatureStore(
+        redis_client, KeySchema(config.redis_prefix), config.popularity_half_life_s
+    )
+    context = config.parse_context
+    if len(config.catalog):
+        context = ParseContext(
+            max_user_id=context.max_user_id,
+            catalog=config.catalog,
+            runtime_minutes=config.catalog.runtime,
+            minute_slack=context.minute_slack,
+            max_future_us=context.max_future_us,
+        )
+
+    async def preceding_lines(topic: str, partition: int, start: int, end: int) -> list[bytes]:
+        return await read_partition_range(config.kafka_bootstrap, topic, partition, start, end)
+
+    processor = IngestProcessor(
+        new_checker=lambda: LineValidator(context, DuplicateFilter(config.duplicate_memory)),
+        publisher=publisher,
+        features=features,
+        genres_of=config.catalog.genres,
+        preceding_lines=preceding_lines,
+        # Only valid lines enter the duplicate memory, so read back more raw lines
+        # than it holds: noise between them must not leave it short after a restart.
+        memory=2 * config.duplicate_memory,
+    )
 
     @app.agent(raw_topic)
     async def ingest(lines: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        log.info("ingesting %s -> redis prefix %s", config.raw_topic, config.redis_prefix)
-        async for batch in lines.take(config.batch_size, within=config.batch_seconds):
-            await store.add_lines(len(batch))
+        log.info("ingesting %s into redis prefix %r", config.raw_topic, config.redis_prefix)
+        # take_events is on the concrete Stream class, not on faust's StreamT protocol.
+        stream = cast(faust.Stream[bytes], lines)
+        async for batch in stream.take_events(config.batch_size, within=config.batch_seconds):
+            source = [
+                SourceLine(
+                    topic=event.message.topic,
+                    partition=event.message.partition,
+                    offset=event.message.offset,
+                    value=event.message.value or b"",
+                    timestamp_us=int(event.message.timestamp * 1_000_000),
+                )
+                for event in batch
+            ]
+            await processor.process(source)
+            last_offsets = {event.message.tp: event.message.offset for event in batch}
+            for tp, offset in last_offsets.items():
+                lag = app.consumer.highwater(tp) - offset - 1
+                metrics.INGEST_CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
             yield None
 
     return app
