@@ -21,6 +21,7 @@ __all__ = [
     "free_port",
     "produce_lines",
     "synthetic_stream",
+    "user_key",
     "wait_until",
 ]
 
