@@ -10,14 +10,18 @@ from state.features import (
     WatchUpdate,
 )
 from state.keys import KeySchema
+from state.model_store import ItemMatrix, ModelStore, UserContext
 
 __all__ = [
     "ApplyResult",
     "FeatureStore",
     "FeatureUpdate",
+    "ItemMatrix",
     "KeySchema",
+    "ModelStore",
     "RatingUpdate",
     "RejectUpdate",
     "RequestUpdate",
+    "UserContext",
     "WatchUpdate",
 ]

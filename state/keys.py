@@ -12,6 +12,12 @@ Layout (``p`` is the stack's prefix, ``rf`` by default)::
     p:pop:g:<genre>              zset, the same restricted to one genre
     p:pop:landmark               the time (s) at which a popularity weight is 1
     p:pop:keys                   set of the popularity zsets (rescaled together)
+
+    p:v:<version>:u:<user>       float32 user vector of a model version
+    p:v:<version>:items          hash movie -> float32 [bias, factors...]
+    p:v:<version>:positions      hash of consumed positions (see ModelStore)
+    p:v:<version>:matrix:rev     revision number of the published item matrix
+    p:v:<version>:matrix:<rev>   the item matrix as one blob (ItemMatrix.to_bytes)
 """
 
 from __future__ import annotations
@@ -63,3 +69,21 @@ class KeySchema:
 
     def popularity_keys(self) -> str:
         return f"{self.prefix}:pop:keys"
+
+    def version_prefix(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}"
+
+    def user_vector(self, version: str, user_id: int) -> str:
+        return f"{self.prefix}:v:{version}:u:{user_id}"
+
+    def item_rows(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}:items"
+
+    def model_positions(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}:positions"
+
+    def matrix_revision(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}:matrix:rev"
+
+    def matrix(self, version: str, revision: int) -> str:
+        return f"{self.prefix}:v:{version}:matrix:{revision}"

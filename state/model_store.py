@@ -1,0 +1,218 @@
+"""Factors of a model version in Redis: written by its learner, read by the server.
+
+The learner commits each micro-batch in one MULTI/EXEC transaction: the user vectors
+and item rows it changed, together with the positions it consumed up to. After a
+crash it resumes from those positions, so no event is lost or applied twice.
+
+For serving, the learner also publishes the whole item matrix as one blob under a
+new revision every few seconds; the server polls the revision number (one GET) and
+loads the blob when it changed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+
+from state.keys import KeySchema
+
+__all__ = ["ItemMatrix", "ModelStore", "UserContext"]
+
+_MAGIC = b"RFIM1"
+_HEADER = struct.Struct("<5sI")
+#: Published matrices kept besides the newest, for servers still loading one.
+_KEEP_REVISIONS = 2
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ItemMatrix:
+    """Item factors and biases with their movie ids, as the server scores with them.
+
+    Examples
+    --------
+    >>> m = ItemMatrix(("a", "b"), np.ones((2, 3), np.float32), np.zeros(2, np.float32), 7)
+    >>> ItemMatrix.from_bytes(m.to_bytes()).movie_ids, ItemMatrix.from_bytes(m.to_bytes()).revision
+    (('a', 'b'), 7)
+    """
+
+    movie_ids: tuple[str, ...]
+    factors: np.ndarray
+    biases: np.ndarray
+    revision: int = 0
+
+    def __post_init__(self) -> None:
+        count = len(self.movie_ids)
+        if self.factors.ndim != 2 or self.factors.shape[0] != count:
+            raise ValueError(f"factors must be ({count}, k), got {self.factors.shape}")
+        if self.biases.shape != (count,):
+            raise ValueError(f"biases must be ({count},), got {self.biases.shape}")
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.factors.shape[1])
+
+    def to_bytes(self) -> bytes:
+        header = orjson.dumps(
+            {"ids": self.movie_ids, "k": self.dimensions, "revision": self.revision}
+        )
+        return b"".join(
+            (
+                _HEADER.pack(_MAGIC, len(header)),
+                header,
+                np.ascontiguousarray(self.biases, dtype="<f4").tobytes(),
+                np.ascontiguousarray(self.factors, dtype="<f4").tobytes(),
+            )
+        )
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ItemMatrix:
+        magic, header_length = _HEADER.unpack_from(blob)
+        if magic != _MAGIC:
+            raise ValueError("not an item matrix blob")
+        start = _HEADER.size
+        header = orjson.loads(blob[start : start + header_length])
+        ids = tuple(header["ids"])
+        k = int(header["k"])
+        body = start + header_length
+        biases = np.frombuffer(blob, dtype="<f4", count=len(ids), offset=body)
+        factors = np.frombuffer(
+            blob, dtype="<f4", count=len(ids) * k, offset=body + 4 * len(ids)
+        ).reshape(len(ids), k)
+        return cls(ids, factors, biases, int(header["revision"]))
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """What the server needs about one user, read in one round trip."""
+
+    vector: np.ndarray | None
+    watched: frozenset[str]
+
+
+def _vector(raw: bytes | str | None) -> np.ndarray | None:
+    return None if raw is None else np.frombuffer(_bytes(raw), dtype="<f4")
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    # This store's client never decodes responses; a str means a misconfigured client.
+    if not isinstance(raw, bytes):
+        raise TypeError("ModelStore needs a Redis client with decode_responses=False")
+    return raw
+
+
+class ModelStore:
+    """Redis state of one model version.
+
+    Parameters
+    ----------
+    client
+        An async Redis client (not owned).
+    keys
+        The key schema of the stack.
+    version
+        The model version's name: its namespace.
+    """
+
+    def __init__(self, client: aioredis.Redis, keys: KeySchema, version: str) -> None:
+        self._client = client
+        self._keys = keys
+        self.version = version
+
+    async def commit(
+        self,
+        users: Mapping[int, np.ndarray],
+        items: Mapping[str, np.ndarray],
+        positions: Mapping[str, int],
+    ) -> None:
+        """Write changed user vectors, item rows and positions, all or nothing.
+
+        Item rows are ``[bias, *factors]``.
+        """
+        keys, version = self._keys, self.version
+        async with self._client.pipeline(transaction=True) as pipe:
+            if users:
+                pipe.mset(
+                    {
+                        keys.user_vector(version, user): np.asarray(vector, "<f4").tobytes()
+                        for user, vector in users.items()
+                    }
+                )
+            if items:
+                pipe.hset(
+                    keys.item_rows(version),
+                    mapping={
+                        movie: np.asarray(row, "<f4").tobytes() for movie, row in items.items()
+                    },
+                )
+            if positions:
+                pipe.hset(
+                    keys.model_positions(version),
+                    mapping={name: str(offset) for name, offset in positions.items()},
+                )
+            await pipe.execute()
+
+    async def positions(self) -> dict[str, int]:
+        raw = await self._client.hgetall(self._keys.model_positions(self.version))
+        return {_text(name): int(value) for name, value in raw.items()}
+
+    async def users(self, user_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Stored vectors of the given users (absent ones are left out)."""
+        ids = list(user_ids)
+        if not ids:
+            return {}
+        raw = await self._client.mget([self._keys.user_vector(self.version, u) for u in ids])
+        return {
+            user: vector
+            for user, blob in zip(ids, raw, strict=True)
+            if (vector := _vector(blob)) is not None
+        }
+
+    async def item_rows(self) -> dict[str, np.ndarray]:
+        """Every stored item row, ``[bias, *factors]``."""
+        raw = await self._client.hgetall(self._keys.item_rows(self.version))
+        return {
+            _text(movie): np.frombuffer(_bytes(blob), dtype="<f4") for movie, blob in raw.items()
+        }
+
+    async def publish_matrix(self, matrix: ItemMatrix) -> int:
+        """Store the matrix under the next revision, make it current, drop old ones."""
+        keys, version = self._keys, self.version
+        revision = int(await self._client.incr(keys.matrix_revision(version) + ":next"))
+        blob = ItemMatrix(matrix.movie_ids, matrix.factors, matrix.biases, revision).to_bytes()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(keys.matrix(version, revision), blob)
+            pipe.set(keys.matrix_revision(version), revision)
+            if revision > _KEEP_REVISIONS:
+                pipe.delete(keys.matrix(version, revision - _KEEP_REVISIONS - 1))
+            await pipe.execute()
+        return revision
+
+    async def matrix_revision(self) -> int:
+        """The current revision, 0 when none was published."""
+        raw = await self._client.get(self._keys.matrix_revision(self.version))
+        return int(raw) if raw is not None else 0
+
+    async def load_matrix(self, revision: int | None = None) -> ItemMatrix | None:
+        if revision is None:
+            revision = await self.matrix_revision()
+        if revision == 0:
+            return None
+        blob = await self._client.get(self._keys.matrix(self.version, revision))
+        return None if blob is None else ItemMatrix.from_bytes(_bytes(blob))
+
+    async def user_context(self, user_id: int) -> UserContext:
+        """The user's vector and watched movies, in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(self._keys.user_vector(self.version, user_id))
+            pipe.hkeys(self._keys.watched(user_id))
+            vector, watched = await pipe.execute()
+        return UserContext(_vector(vector), frozenset(_text(m) for m in watched))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
