@@ -79,9 +79,10 @@ def _run(tool: str | None, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def yaml() -> ModuleType:
-    return pytest.importorskip(
+    module: ModuleType = pytest.importorskip(
         "yaml", reason="PyYAML is not installed: add pyyaml to the dev extras to run this check"
     )
+    return module
 
 
 def _load_yaml(yaml: ModuleType, path: Path) -> Any:
@@ -129,7 +130,7 @@ def contract_table() -> dict[str, tuple[str, set[str], str]]:
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 5 and re.fullmatch(r"`reelfeed_\w+`", cells[0]):
-            labels = set(re.findall(r"^`(\w+)`", cells[2])) if cells[2] != "none" else set()
+            labels = set(re.findall(r"`(\w+)`", cells[2].split(" (")[0]))
             rows[cells[0].strip("`")] = (cells[1], labels, cells[3])
     return rows
 
@@ -334,6 +335,12 @@ def compose(yaml: ModuleType) -> dict[str, Any]:
     return loaded
 
 
+def _interpolate(value: str) -> str:
+    """A compose value as a container sees it with no .env: defaults in, required set."""
+    value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{\w+:\?[^}]*\}", "set-in-env", value)
+
+
 def _image_tag(image: str) -> tuple[str, str]:
     name, _, tag = image.rpartition(":")
     return name, tag
@@ -377,8 +384,10 @@ def test_role_settings_exist_where_the_role_exists(compose: dict[str, Any]) -> N
         names = {key for key in env if key.startswith(PREFIX)}
         assert names - settings - PLANNED_SETTINGS == set(), f"{role}: unknown settings"
         if command in subcommands:
-            # An unknown REELFEED_* variable stops a process at start.
+            # An unknown or malformed REELFEED_* variable stops a process at start.
             assert names - settings == set(), f"{role} runs today: only existing settings"
+            resolved = {key: _interpolate(str(env[key])) for key in names}
+            assert Settings.from_env(resolved).kafka_bootstrap == "kafka:19092"
     server = compose["services"]["server"]["environment"]
     assert server["REELFEED_SERVER_HOST"] == "0.0.0.0"
     assert Settings().server_host == "127.0.0.1"
@@ -428,6 +437,8 @@ def test_roles_start_after_healthy_infrastructure(compose: dict[str, Any]) -> No
         assert after["kafka"]["condition"] == "service_healthy"
         assert after["redis"]["condition"] == "service_healthy"
         assert after["topics"]["condition"] == "service_completed_successfully"
+    # The simulator calls the server: it waits until the server answers.
+    assert services["sim"]["depends_on"]["server"]["condition"] == "service_healthy"
     assert services["redis"]["image"].startswith("redis:7")
     # A service_healthy dependency on a service without a health check never starts.
     for name, service in services.items():
