@@ -108,25 +108,74 @@ def cmd_infra(args: argparse.Namespace, settings: Settings, environ: Mapping[str
 
 
 def stack_up(
-    stack: StackLayout, settings: Settings, environ: Mapping[str, str]
+    stack: StackLayout, settings: Settings, environ: Mapping[str, str], timeout: float = 180.0
 ) -> dict[str, object]:
-    """Start a whole local stack: infrastructure first, then the workers."""
-    from reelfeed.supervise import start_workers
+    """Start a stack's supervisor in the background and wait until the stack runs."""
+    from reelfeed.supervise import read_status, supervisor_process
 
-    report = _infra_up(stack, settings, environ)
-    report["workers"] = start_workers(_stack_settings(stack, settings), environ)
-    report["urls"] = {"kafka": stack.kafka_bootstrap, "redis": stack.redis_url}
-    return report
+    supervisor = supervisor_process(stack)
+    if supervisor.pid() is None:
+        # Resolve the jars here, so a first `make up` shows Maven's errors in the terminal.
+        resolve_kafka_jars(default_cache_dir(environ))
+        (stack.root / "status.json").unlink(missing_ok=True)
+        layout = orjson.dumps(
+            {
+                "name": stack.name,
+                "root": str(stack.root.resolve()),
+                "kafka_port": stack.kafka_port,
+                "controller_port": stack.controller_port,
+                "redis_port": stack.redis_port,
+                "prometheus_port": stack.prometheus_port,
+                "alertmanager_port": stack.alertmanager_port,
+            }
+        ).decode()
+        command = [sys.executable, "-m", "reelfeed", "supervise", f"--layout={layout}"]
+        env = dict(environ)
+        env["REELFEED_VAR_DIR"] = str(stack.root)
+        supervisor.spawn(command, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = read_status(stack)
+        if status is not None and status.get("state") == "running":
+            return status
+        if not supervisor.is_running():
+            raise InfraError(f"the stack's supervisor exited:\n{supervisor.log_tail()}")
+        time.sleep(0.2)
+    raise InfraError(f"the stack did not start within {timeout:.0f} s:\n{supervisor.log_tail()}")
 
 
-def stack_down(stack: StackLayout) -> dict[str, object]:
-    """Stop what `stack_up` started: the workers first, then the infrastructure."""
-    from reelfeed.supervise import stop_workers
+def stack_down(stack: StackLayout, settings: Settings) -> dict[str, object]:
+    """Stop a stack's supervisor (which stops everything it started), then any leftover."""
+    from reelfeed.supervise import stack_roles, stop_roles, supervisor_process
 
-    workers = stop_workers(stack.root)
-    report = _infra_down(stack)
-    report["workers_stopped"] = workers
-    return report
+    supervisor_stopped = supervisor_process(stack).stop(timeout=120)
+    # Whatever still runs now outlived a supervisor that died: stop it too.
+    leftovers = stop_roles(stack, stack_roles(stack, settings))
+    infra = _infra_down(stack)
+    leftovers.update({"kafka": bool(infra["kafka_stopped"]), "redis": bool(infra["redis_stopped"])})
+    return {
+        "stack": stack.name,
+        "supervisor_stopped": supervisor_stopped,
+        "leftovers_stopped": sorted(name for name, stopped in leftovers.items() if stopped),
+    }
+
+
+def cmd_supervise(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from reelfeed.supervise import Supervisor
+
+    stack = STACKS[args.stack]
+    if args.layout is not None:
+        fields = orjson.loads(args.layout)
+        stack = StackLayout(
+            fields["name"],
+            Path(fields["root"]),
+            int(fields["kafka_port"]),
+            int(fields["controller_port"]),
+            int(fields["redis_port"]),
+            int(fields["prometheus_port"]),
+            int(fields["alertmanager_port"]),
+        )
+    return Supervisor(stack, _stack_settings(stack, settings), environ).run()
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
@@ -135,7 +184,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings, environ: Mapping[str, s
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
-    _print_json(stack_down(STACKS["dev"]))
+    _print_json(stack_down(STACKS["dev"], settings))
     return 0
 
 
@@ -173,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=cmd_up)
     down = commands.add_parser("down", help="stop everything `up` started")
     down.set_defaults(handler=cmd_down)
+    supervise = commands.add_parser("supervise", help="run a stack in the foreground (used by up)")
+    supervise.add_argument("--stack", choices=sorted(STACKS), default="dev")
+    supervise.add_argument("--layout", default=None, help=argparse.SUPPRESS)
+    supervise.set_defaults(handler=cmd_supervise)
 
     ingest = commands.add_parser("ingest", help="run the ingest Faust worker in the foreground")
     ingest.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")

@@ -59,6 +59,9 @@ class StackLayout:
     kafka_port: int
     controller_port: int
     redis_port: int
+    #: Monitoring of the stack; 0 means the stack runs without it.
+    prometheus_port: int = 0
+    alertmanager_port: int = 0
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -70,7 +73,7 @@ class StackLayout:
 
 
 STACKS: Mapping[str, StackLayout] = {
-    "dev": StackLayout("dev", PROJECT_ROOT / "var" / "dev", 9092, 9093, 6379),
+    "dev": StackLayout("dev", PROJECT_ROOT / "var" / "dev", 9092, 9093, 6379, 9090, 9095),
     "test": StackLayout("test", PROJECT_ROOT / "var" / "test", 19092, 19093, 16379),
 }
 

@@ -1,49 +1,247 @@
-"""Local process supervision for ``reelfeed up``: workers as background processes."""
+"""Local process supervision for ``reelfeed up``.
+
+``reelfeed up`` starts one background *supervisor* per stack. The supervisor starts
+Kafka and Redis, then every role of the stack (workers, server, simulator,
+Prometheus), restarts a role that dies (with a back-off), reaps its children, writes
+its state to ``<stack>/status.json`` and, on SIGTERM (``reelfeed down``), stops the
+roles in reverse order and the infrastructure last.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import signal
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from reelfeed.infra import ManagedProcess
+import orjson
+
+from reelfeed.infra import (
+    KafkaBroker,
+    ManagedProcess,
+    RedisServer,
+    StackLayout,
+    create_topics,
+    default_cache_dir,
+    resolve_kafka_jars,
+)
 from reelfeed.settings import Settings
 
-__all__ = ["WORKER_ROLES", "start_workers", "stop_workers"]
+__all__ = [
+    "Role",
+    "Supervisor",
+    "read_status",
+    "stack_roles",
+    "stop_roles",
+    "supervisor_process",
+]
 
-#: Worker roles in start order; `stop_workers` stops them in reverse.
-WORKER_ROLES = ("ingest",)
+log = logging.getLogger(__name__)
+
+#: At most this many restarts of one role within ``_RESTART_WINDOW_S``, then it stays down.
+_MAX_RESTARTS = 5
+_RESTART_WINDOW_S = 60.0
 
 
-def _process(role: str, var_dir: Path) -> ManagedProcess:
-    # The absolute var dir in the command line tells our workers from anyone else's.
-    return ManagedProcess(role, var_dir / "workers", f"--var-dir={var_dir.resolve()}")
+@dataclass(frozen=True, slots=True)
+class Role:
+    """A long-running process of the stack, identified by a marker in its command line."""
+
+    name: str
+    command: tuple[str, ...]
+    marker: str
+    url: str | None = None
+
+    def process(self, stack: StackLayout) -> ManagedProcess:
+        return ManagedProcess(self.name, stack.root / "roles", self.marker)
 
 
-def start_workers(settings: Settings, environ: Mapping[str, str]) -> dict[str, int]:
-    env = dict(environ)
-    env.update(
-        {
-            "REELFEED_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "REELFEED_REDIS_URL": settings.redis_url,
+def _reelfeed_role(name: str, stack: StackLayout, url: str | None = None) -> Role:
+    var_dir = f"--var-dir={stack.root.resolve()}"
+    return Role(name, (sys.executable, "-m", "reelfeed", name, var_dir), var_dir, url)
+
+
+def stack_roles(stack: StackLayout, settings: Settings) -> list[Role]:
+    """The roles of a stack, in start order (stopped in reverse)."""
+    roles = [
+        _reelfeed_role("ingest", stack, f"http://127.0.0.1:{settings.ingest_metrics_port}/metrics")
+    ]
+    ops = Path(__file__).resolve().parent.parent / "ops"
+    prometheus = shutil.which("prometheus")
+    if prometheus is not None and stack.prometheus_port:
+        data = stack.root / "prometheus"
+        roles.append(
+            Role(
+                "prometheus",
+                (
+                    prometheus,
+                    f"--config.file={ops / 'prometheus' / 'prometheus.local.yml'}",
+                    f"--storage.tsdb.path={data}",
+                    f"--web.listen-address=127.0.0.1:{stack.prometheus_port}",
+                    "--storage.tsdb.retention.time=7d",
+                ),
+                str(data),
+                f"http://127.0.0.1:{stack.prometheus_port}",
+            )
+        )
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if alertmanager is not None and stack.alertmanager_port:
+        data = stack.root / "alertmanager"
+        roles.append(
+            Role(
+                "alertmanager",
+                (
+                    alertmanager,
+                    f"--config.file={ops / 'alertmanager' / 'alertmanager.yml'}",
+                    f"--storage.path={data}",
+                    f"--web.listen-address=127.0.0.1:{stack.alertmanager_port}",
+                    "--cluster.listen-address=",
+                ),
+                str(data),
+                f"http://127.0.0.1:{stack.alertmanager_port}",
+            )
+        )
+    return roles
+
+
+def supervisor_process(stack: StackLayout) -> ManagedProcess:
+    return ManagedProcess("supervisor", stack.root, "supervise", str(stack.root.resolve()))
+
+
+def read_status(stack: StackLayout) -> dict[str, object] | None:
+    try:
+        status: dict[str, object] = orjson.loads((stack.root / "status.json").read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return status
+
+
+def stop_roles(stack: StackLayout, roles: Sequence[Role]) -> dict[str, bool]:
+    """Stop the roles (by pid file), in reverse order; which ones were running."""
+    return {role.name: role.process(stack).stop() for role in reversed(roles)}
+
+
+@dataclass
+class _Running:
+    role: Role
+    process: ManagedProcess
+    pid: int
+    restarts: list[float] = field(default_factory=list)
+    gave_up: bool = False
+
+
+class Supervisor:
+    """Runs a stack in the foreground until SIGTERM or SIGINT."""
+
+    def __init__(self, stack: StackLayout, settings: Settings, environ: Mapping[str, str]) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.environ = environ
+        self.roles = stack_roles(stack, settings)
+        self._running: dict[str, _Running] = {}
+        self._stopping = False
+        self._started = time.time()
+        self._infra: dict[str, object] = {}
+
+    def _role_env(self) -> dict[str, str]:
+        env = dict(self.environ)
+        env.update(
+            {
+                "REELFEED_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
+                "REELFEED_REDIS_URL": self.stack.redis_url,
+            }
+        )
+        return env
+
+    def _write_status(self, state: str) -> None:
+        status = {
+            "state": state,
+            "stack": self.stack.name,
+            "supervisor_pid": os.getpid(),
+            "since": self._started,
+            "infra": self._infra,
+            "roles": {
+                name: {
+                    "pid": running.pid,
+                    "restarts": len(running.restarts),
+                    "up": not running.gave_up,
+                    "url": running.role.url,
+                }
+                for name, running in self._running.items()
+            },
         }
-    )
-    started: dict[str, int] = {}
-    for role in WORKER_ROLES:
-        process = _process(role, settings.var_dir)
-        pid = process.pid()
-        if pid is None:
-            command = [
-                sys.executable,
-                "-m",
-                "reelfeed",
-                role,
-                f"--var-dir={settings.var_dir.resolve()}",
-            ]
-            pid = process.spawn(command, env=env)
-        started[role] = pid
-    return started
+        target = self.stack.root / "status.json"
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2))
+        partial.replace(target)
 
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("supervisor: signal %d, stopping the stack", signum)
+        self._stopping = True
 
-def stop_workers(var_dir: Path) -> dict[str, bool]:
-    return {role: _process(role, var_dir).stop() for role in reversed(WORKER_ROLES)}
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.stack.root.mkdir(parents=True, exist_ok=True)
+        self._write_status("starting")
+        redis_server = RedisServer(self.stack, persist=True)
+        broker = KafkaBroker(self.stack, resolve_kafka_jars(default_cache_dir(self.environ)))
+        try:
+            redis_server.start()
+            broker.start()
+            settings = self.settings
+            create_topics(
+                broker.bootstrap,
+                {
+                    settings.raw_topic: settings.topic_partitions,
+                    settings.events_topic: settings.topic_partitions,
+                    settings.rejected_topic: 1,
+                    settings.recommendations_topic: settings.topic_partitions,
+                },
+            )
+            self._infra = {"kafka": broker.bootstrap, "redis": redis_server.url}
+            env = self._role_env()
+            for role in self.roles:
+                process = role.process(self.stack)
+                process.stop()  # a leftover of a supervisor that died: not our child
+                pid = process.spawn(role.command, env=env)
+                self._running[role.name] = _Running(role, process, pid)
+            self._write_status("running")
+            log.info("supervisor: stack %s running", self.stack.name)
+            while not self._stopping:
+                self._watch(env)
+                time.sleep(0.5)
+        finally:
+            self._write_status("stopping")
+            stop_roles(self.stack, self.roles)
+            broker.stop()
+            redis_server.stop()
+            (self.stack.root / "status.json").unlink(missing_ok=True)
+            log.info("supervisor: stack %s stopped", self.stack.name)
+        return 0
+
+    def _watch(self, env: Mapping[str, str]) -> None:
+        changed = False
+        for running in self._running.values():
+            if running.gave_up or running.process.spawned_alive():
+                continue
+            if self._stopping:
+                return
+            now = time.monotonic()
+            running.restarts = [t for t in running.restarts if now - t < _RESTART_WINDOW_S]
+            if len(running.restarts) >= _MAX_RESTARTS:
+                log.error("supervisor: %s keeps dying; leaving it down", running.role.name)
+                running.gave_up = True
+            else:
+                log.warning("supervisor: %s exited; restarting it", running.role.name)
+                running.restarts.append(now)
+                time.sleep(min(2.0 ** len(running.restarts) * 0.25, 5.0))
+                running.pid = running.process.spawn(running.role.command, env=env)
+            changed = True
+        if changed:
+            self._write_status("running")

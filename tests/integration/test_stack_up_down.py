@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import redis
 from reelfeed.cli import stack_down, stack_up
 from reelfeed.infra import StackLayout
 from reelfeed.settings import Settings
+from reelfeed.supervise import read_status, supervisor_process
+from tests.integration.workers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,18 +26,34 @@ def _alive(pid: int) -> bool:
     return not state.startswith("Z")
 
 
-def test_up_starts_everything_and_down_stops_it(tmp_path: Path) -> None:
+def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: Path) -> None:
     stack = StackLayout("throwaway", tmp_path / "stack", 29092, 29093, 26379)
-    report = stack_up(stack, Settings(), os.environ)
+    environ = {**os.environ, "REELFEED_INGEST_METRICS_PORT": str(free_port())}
+    settings = Settings.from_env(environ)
+    status = stack_up(stack, settings, environ)
     try:
-        pids = [int(p) for p in (tmp_path / "stack").rglob("*.pid") for p in [p.read_text()]]
-        assert len(pids) == 3, report  # kafka, redis, ingest worker
-        assert all(_alive(pid) for pid in pids)
+        roles = status["roles"]
+        assert isinstance(roles, dict) and "ingest" in roles, status
+        pids = [role["pid"] for role in roles.values()]
+        supervisor_pid = supervisor_process(stack).pid()
+        assert supervisor_pid is not None and all(_alive(pid) for pid in pids)
         assert redis.Redis(port=26379).ping()
-        assert "movielog" in report["topics_created"]  # type: ignore[operator]
+
+        # A role that dies is started again by the supervisor.
+        os.kill(roles["ingest"]["pid"], 9)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            current = read_status(stack)
+            if current and current["roles"]["ingest"]["restarts"] == 1:  # type: ignore[index]
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"ingest was not restarted: {read_status(stack)}")
+        pids.append(current["roles"]["ingest"]["pid"])  # type: ignore[index]
+        assert _alive(pids[-1])
     finally:
-        down = stack_down(stack)
-    assert down["kafka_stopped"] and down["redis_stopped"], down
-    assert down["workers_stopped"] == {"ingest": True}
-    assert not any(_alive(pid) for pid in pids)
+        down = stack_down(stack, settings)
+    assert down["supervisor_stopped"] is True, down
+    assert down["leftovers_stopped"] == [], down
+    assert not any(_alive(pid) for pid in [*pids, supervisor_pid])
     assert list((tmp_path / "stack").rglob("*.pid")) == []
