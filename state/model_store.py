@@ -11,6 +11,7 @@ loads the blob when it changed.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ class ItemMatrix:
     factors: np.ndarray
     biases: np.ndarray
     revision: int = 0
+    #: The learner's popularity of each movie (for the blend and cold start), if any.
+    popularity: np.ndarray | None = None
+    #: What the learner had consumed when it published this revision (provenance).
+    positions: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         count = len(self.movie_ids)
@@ -51,6 +56,8 @@ class ItemMatrix:
             raise ValueError(f"factors must be ({count}, k), got {self.factors.shape}")
         if self.biases.shape != (count,):
             raise ValueError(f"biases must be ({count},), got {self.biases.shape}")
+        if self.popularity is not None and self.popularity.shape != (count,):
+            raise ValueError(f"popularity must be ({count},), got {self.popularity.shape}")
 
     @property
     def dimensions(self) -> int:
@@ -58,16 +65,23 @@ class ItemMatrix:
 
     def to_bytes(self) -> bytes:
         header = orjson.dumps(
-            {"ids": self.movie_ids, "k": self.dimensions, "revision": self.revision}
+            {
+                "ids": self.movie_ids,
+                "k": self.dimensions,
+                "revision": self.revision,
+                "popularity": self.popularity is not None,
+                "positions": self.positions,
+            }
         )
-        return b"".join(
-            (
-                _HEADER.pack(_MAGIC, len(header)),
-                header,
-                np.ascontiguousarray(self.biases, dtype="<f4").tobytes(),
-                np.ascontiguousarray(self.factors, dtype="<f4").tobytes(),
-            )
-        )
+        parts = [
+            _HEADER.pack(_MAGIC, len(header)),
+            header,
+            np.ascontiguousarray(self.biases, dtype="<f4").tobytes(),
+            np.ascontiguousarray(self.factors, dtype="<f4").tobytes(),
+        ]
+        if self.popularity is not None:
+            parts.append(np.ascontiguousarray(self.popularity, dtype="<f4").tobytes())
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ItemMatrix:
@@ -83,7 +97,13 @@ class ItemMatrix:
         factors = np.frombuffer(
             blob, dtype="<f4", count=len(ids) * k, offset=body + 4 * len(ids)
         ).reshape(len(ids), k)
-        return cls(ids, factors, biases, int(header["revision"]))
+        popularity = None
+        if header.get("popularity"):
+            offset = body + 4 * len(ids) * (k + 1)
+            popularity = np.frombuffer(blob, dtype="<f4", count=len(ids), offset=offset)
+        return cls(
+            ids, factors, biases, int(header["revision"]), popularity, header.get("positions")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +203,7 @@ class ModelStore:
         """Store the matrix under the next revision, make it current, drop old ones."""
         keys, version = self._keys, self.version
         revision = int(await self._client.incr(keys.matrix_revision(version) + ":next"))
-        blob = ItemMatrix(matrix.movie_ids, matrix.factors, matrix.biases, revision).to_bytes()
+        blob = dataclasses.replace(matrix, revision=revision).to_bytes()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(keys.matrix(version, revision), blob)
             pipe.set(keys.matrix_revision(version), revision)

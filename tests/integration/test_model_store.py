@@ -38,12 +38,16 @@ async def test_matrix_revisions_advance_and_old_ones_go(
             ("a", "b", "c"),
             rng.normal(size=(3, 8)).astype(np.float32),
             rng.normal(size=3).astype(np.float32),
+            popularity=np.array([3, 2, 1], dtype=np.float32),
+            positions={"reelfeed.events:0": expected},
         )
         assert await store.publish_matrix(matrix) == expected
     loaded = await store.load_matrix()
     assert loaded is not None and loaded.revision == 5 and loaded.movie_ids == ("a", "b", "c")
     np.testing.assert_array_equal(loaded.factors, matrix.factors)
     np.testing.assert_array_equal(loaded.biases, matrix.biases)
+    assert loaded.popularity is not None and loaded.popularity.tolist() == [3, 2, 1]
+    assert loaded.positions == {"reelfeed.events:0": 5}
     kept = [key async for key in redis_client.scan_iter(match=f"{unique_name}:v:v1:matrix:[0-9]*")]
     assert sorted(int(k.rsplit(b":", 1)[1]) for k in kept) == [3, 4, 5]
 
