@@ -18,6 +18,7 @@ Layout (``p`` is the stack's prefix, ``rf`` by default)::
     p:v:<version>:positions      hash of consumed positions (see ModelStore)
     p:v:<version>:matrix:rev     revision number of the published item matrix
     p:v:<version>:matrix:<rev>   the item matrix as one blob (ItemMatrix.to_bytes)
+    p:v:<version>:checkpoint     the learner's whole state + the positions it covers
 """
 
 from __future__ import annotations
@@ -87,3 +88,10 @@ class KeySchema:
 
     def matrix(self, version: str, revision: int) -> str:
         return f"{self.prefix}:v:{version}:matrix:{revision}"
+
+    def checkpoint(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}:checkpoint"
+
+    def routing(self) -> str:
+        """Hash of the serving routing: live, canary, share, salt, revision (state.routing)."""
+        return f"{self.prefix}:routing"

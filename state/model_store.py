@@ -1,8 +1,13 @@
 """Factors of a model version in Redis: written by its learner, read by the server.
 
-The learner commits each micro-batch in one MULTI/EXEC transaction: the user vectors
-and item rows it changed, together with the positions it consumed up to. After a
-crash it resumes from those positions, so no event is lost or applied twice.
+The learner commits each micro-batch in one MULTI/EXEC transaction: the user rows
+and item rows it changed, together with the positions it consumed up to. Its full
+state is checkpointed now and then as one blob with the positions it covers; after a
+crash it loads the checkpoint and replays from there, so no event is lost or applied
+twice.
+
+A user row is float32 ``[n_events, *factors]``: the event count drives the
+popularity blend of the ranking. An item row is float32 ``[bias, *factors]``.
 
 For serving, the learner also publishes the whole item matrix as one blob under a
 new revision every few seconds; the server polls the revision number (one GET) and
@@ -22,7 +27,7 @@ import redis.asyncio as aioredis
 
 from state.keys import KeySchema
 
-__all__ = ["ItemMatrix", "ModelStore", "UserContext"]
+__all__ = ["Checkpoint", "ItemMatrix", "ModelStore", "UserContext", "user_row"]
 
 _MAGIC = b"RFIM1"
 _HEADER = struct.Struct("<5sI")
@@ -112,10 +117,29 @@ class UserContext:
 
     vector: np.ndarray | None
     watched: frozenset[str]
+    #: Events the model learned from this user (0 when it knows no vector).
+    n_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A learner's whole state at a batch boundary, and the positions it covers."""
+
+    state: bytes
+    positions: dict[str, int]
+    created: float
 
 
 def _vector(raw: bytes | str | None) -> np.ndarray | None:
     return None if raw is None else np.frombuffer(_bytes(raw), dtype="<f4")
+
+
+def user_row(n_events: int, factors: np.ndarray) -> np.ndarray:
+    """The stored form of a user: float32 ``[n_events, *factors]``."""
+    row = np.empty(factors.shape[0] + 1, dtype="<f4")
+    row[0] = n_events
+    row[1:] = factors
+    return row
 
 
 def _bytes(raw: bytes | str) -> bytes:
@@ -230,8 +254,26 @@ class ModelStore:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.get(self._keys.user_vector(self.version, user_id))
             pipe.hkeys(self._keys.watched(user_id))
-            vector, watched = await pipe.execute()
-        return UserContext(_vector(vector), frozenset(_text(m) for m in watched))
+            row, watched = await pipe.execute()
+        stored = _vector(row)
+        movies = frozenset(_text(m) for m in watched)
+        if stored is None or stored.shape[0] < 2:
+            return UserContext(None, movies)
+        return UserContext(stored[1:], movies, int(stored[0]))
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        header = orjson.dumps({"positions": checkpoint.positions, "created": checkpoint.created})
+        blob = struct.pack("<I", len(header)) + header + checkpoint.state
+        await self._client.set(self._keys.checkpoint(self.version), blob)
+
+    async def load_checkpoint(self) -> Checkpoint | None:
+        blob = await self._client.get(self._keys.checkpoint(self.version))
+        if blob is None:
+            return None
+        raw = _bytes(blob)
+        (length,) = struct.unpack_from("<I", raw)
+        header = orjson.loads(raw[4 : 4 + length])
+        return Checkpoint(raw[4 + length :], dict(header["positions"]), float(header["created"]))
 
 
 def _text(value: bytes | str) -> str:

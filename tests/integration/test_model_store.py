@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from state import FeatureStore, ItemMatrix, KeySchema, ModelStore, WatchUpdate
+from state import (
+    Checkpoint,
+    FeatureStore,
+    ItemMatrix,
+    KeySchema,
+    ModelStore,
+    WatchUpdate,
+    user_row,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +65,11 @@ async def test_user_context_joins_the_vector_and_the_watched_movies(
 ) -> None:
     features = FeatureStore(redis_client, KeySchema(unique_name), half_life_s=3600)
     await features.apply("movielog", 0, [WatchUpdate(0, 9, "heat+1995", 3, 1.7e9)])
-    await store.commit({9: np.ones(2, dtype=np.float32)}, {}, {})
+    await store.commit({9: user_row(12, np.ones(2, dtype=np.float32))}, {}, {})
     context = await store.user_context(9)
     assert context.watched == frozenset({"heat+1995"})
     assert context.vector is not None and context.vector.tolist() == [1.0, 1.0]
+    assert context.n_events == 12
     unknown = await store.user_context(10)
     assert unknown.vector is None and unknown.watched == frozenset()
 
@@ -70,3 +79,10 @@ def test_a_matrix_checks_its_shapes() -> None:
         ItemMatrix(("a",), np.ones((2, 3), np.float32), np.ones(1, np.float32))
     with pytest.raises(ValueError, match="not an item matrix"):
         ItemMatrix.from_bytes(b"XXXXX\x00\x00\x00\x00")
+
+
+async def test_checkpoint_round_trip(store: ModelStore) -> None:
+    assert await store.load_checkpoint() is None
+    await store.save_checkpoint(Checkpoint(b"\x80state", {"events:0": 9}, 1.5))
+    loaded = await store.load_checkpoint()
+    assert loaded == Checkpoint(b"\x80state", {"events:0": 9}, 1.5)
