@@ -197,6 +197,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings, environ: Mapping[st
     return 0
 
 
+def cmd_learn(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from reelfeed.workers import run_learn_worker
+
+    if args.var_dir is not None:
+        settings = settings.replace(var_dir=Path(args.var_dir))
+    run_learn_worker(settings)
+    return 0
+
+
 def cmd_version(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     _print_json({"reelfeed": __version__, "kafka": KAFKA_VERSION})
     return 0
@@ -230,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="run the ingest Faust worker in the foreground")
     ingest.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
     ingest.set_defaults(handler=cmd_ingest)
+
+    learn = commands.add_parser("learn", help="run the learn worker of a model version")
+    learn.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
+    learn.set_defaults(handler=cmd_learn)
 
     from reelfeed.validate import add_validate_command
 

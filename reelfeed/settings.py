@@ -96,6 +96,15 @@ class Settings:
     ingest_commit_interval: float = 1.0
     #: A batch of raw lines closes after this many seconds even when not full.
     ingest_batch_seconds: float = 0.05
+    learn_metrics_port: int = 9202
+    #: The model version a learn worker learns (its Redis namespace and consumer group).
+    learn_version: str = "v1"
+    #: Hyperparameters of the version's model, as a JSON object (OnlineMF arguments).
+    learn_params: str = "{}"
+    #: Seconds between item-matrix publications (the server's staleness bound).
+    learn_publish_interval: float = 2.0
+    #: Seconds between checkpoints of the learner's whole state.
+    learn_checkpoint_interval: float = 60.0
     #: Half-life of the popularity decay, in seconds of event time.
     popularity_half_life: float = 86_400.0
     #: Largest user id accepted from the stream.

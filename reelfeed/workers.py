@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 
 import faust
+import orjson
 from prometheus_client import start_http_server
 
 from reelfeed.infra import create_topics
 from reelfeed.settings import Settings
 from stream.catalog import Catalog, load_catalog_csv
 from stream.ingest import IngestConfig, create_app
+from stream.learn import LearnConfig
+from stream.learn import create_app as create_learn_app
 from stream.parser import ParseContext
 
-__all__ = ["ingest_config", "run_ingest_worker"]
+__all__ = ["ingest_config", "learn_config", "run_ingest_worker", "run_learn_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -61,5 +64,32 @@ def run_ingest_worker(settings: Settings) -> None:
     )
     _serve_metrics(settings, settings.ingest_metrics_port)
     app = create_app(config)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    worker.execute_from_commandline()
+
+
+def learn_config(settings: Settings) -> LearnConfig:
+    catalog = Catalog()
+    if settings.catalog_path is not None:
+        catalog = load_catalog_csv(settings.catalog_path)
+    return LearnConfig(
+        kafka_bootstrap=settings.kafka_bootstrap,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        events_topic=settings.events_topic,
+        datadir=settings.var_dir / "faust",
+        version=settings.learn_version,
+        model_params=orjson.loads(settings.learn_params),
+        publish_interval_s=settings.learn_publish_interval,
+        checkpoint_interval_s=settings.learn_checkpoint_interval,
+        catalog=catalog,
+    )
+
+
+def run_learn_worker(settings: Settings) -> None:
+    config = learn_config(settings)
+    create_topics(settings.kafka_bootstrap, {config.events_topic: settings.topic_partitions})
+    _serve_metrics(settings, settings.learn_metrics_port)
+    app = create_learn_app(config)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()

@@ -20,6 +20,7 @@ import dataclasses
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -54,6 +55,8 @@ class ItemMatrix:
     popularity: np.ndarray | None = None
     #: What the learner had consumed when it published this revision (provenance).
     positions: dict[str, int] | None = None
+    #: Parameters of the ranking that go with these factors (e.g. the popularity blend).
+    ranking: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         count = len(self.movie_ids)
@@ -76,6 +79,7 @@ class ItemMatrix:
                 "revision": self.revision,
                 "popularity": self.popularity is not None,
                 "positions": self.positions,
+                "ranking": self.ranking,
             }
         )
         parts = [
@@ -107,7 +111,13 @@ class ItemMatrix:
             offset = body + 4 * len(ids) * (k + 1)
             popularity = np.frombuffer(blob, dtype="<f4", count=len(ids), offset=offset)
         return cls(
-            ids, factors, biases, int(header["revision"]), popularity, header.get("positions")
+            ids,
+            factors,
+            biases,
+            int(header["revision"]),
+            popularity,
+            header.get("positions"),
+            header.get("ranking"),
         )
 
 

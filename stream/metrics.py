@@ -10,6 +10,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "INGEST_BATCH_SECONDS",
+    "LEARN_BATCH_SECONDS",
+    "LEARN_CHECKPOINT_SECONDS",
+    "LEARN_CONSUMER_LAG",
+    "LEARN_EVENTS",
+    "LEARN_MATRIX_REVISION",
+    "LEARN_PREQUENTIAL_HITS",
+    "LEARN_PREQUENTIAL_HIT_RATE",
+    "LEARN_PREQUENTIAL_TESTS",
+    "LEARN_SKIPPED",
     "INGEST_CONSUMER_LAG",
     "INGEST_EVENTS",
     "INGEST_LINES",
@@ -35,4 +44,48 @@ INGEST_BATCH_SECONDS = Histogram(
     "reelfeed_ingest_batch_seconds",
     "Time to parse, publish and apply one batch of raw lines.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+LEARN_EVENTS = Counter(
+    "reelfeed_learn_events_total", "Learning events applied to the model.", ["version"]
+)
+LEARN_SKIPPED = Counter(
+    "reelfeed_learn_skipped_total",
+    "Messages not learned: replayed below the checkpoint, duplicates, undecodable.",
+    ["version", "reason"],
+)
+LEARN_BATCH_SECONDS = Histogram(
+    "reelfeed_learn_batch_seconds",
+    "Time to learn and commit one micro-batch.",
+    ["version"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LEARN_CHECKPOINT_SECONDS = Histogram(
+    "reelfeed_learn_checkpoint_seconds",
+    "Time to serialise and store a checkpoint of the learner.",
+    ["version"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0),
+)
+LEARN_MATRIX_REVISION = Gauge(
+    "reelfeed_learn_matrix_revision", "Revision of the last published item matrix.", ["version"]
+)
+LEARN_PREQUENTIAL_TESTS = Counter(
+    "reelfeed_learn_prequential_tests_total",
+    "Sampled first watches tested against the user's top 20 before learning.",
+    ["version"],
+)
+LEARN_PREQUENTIAL_HITS = Counter(
+    "reelfeed_learn_prequential_hits_total",
+    "Tested first watches that were in the user's top 20.",
+    ["version"],
+)
+LEARN_PREQUENTIAL_HIT_RATE = Gauge(
+    "reelfeed_learn_prequential_hit_rate",
+    "Recent prequential hit rate (Recall@20) of the learner, weighted to ~200 tests.",
+    ["version"],
+)
+LEARN_CONSUMER_LAG = Gauge(
+    "reelfeed_learn_consumer_lag",
+    "Events between the learner's position and the end of the events topic.",
+    ["version", "partition"],
 )

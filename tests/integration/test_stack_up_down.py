@@ -28,7 +28,11 @@ def _alive(pid: int) -> bool:
 
 def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: Path) -> None:
     stack = StackLayout("throwaway", tmp_path / "stack", 29092, 29093, 26379)
-    environ = {**os.environ, "REELFEED_INGEST_METRICS_PORT": str(free_port())}
+    environ = {
+        **os.environ,
+        "REELFEED_INGEST_METRICS_PORT": str(free_port()),
+        "REELFEED_LEARN_METRICS_PORT": str(free_port()),
+    }
     settings = Settings.from_env(environ)
     status = stack_up(stack, settings, environ)
     try:

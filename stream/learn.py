@@ -1,0 +1,222 @@
+"""The learn Faust app: one per model version, learning ``reelfeed.events`` as it comes.
+
+The app's task reads the events topic with its own consumer, assigned every partition
+and positioned from the learner's checkpoint rather than from committed offsets: the
+checkpoint is the only place where the model and the positions it has learned up to
+are stored together, so starting from it neither loses nor repeats an event. Offsets
+are still committed to the version's consumer group, so Kafka's tools show its lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+
+from online_model.mf import OnlineMF
+from state import KeySchema, ModelStore
+from stream import metrics
+from stream.catalog import Catalog
+from stream.feedback import WatchProgress
+from stream.learner import EventMessage, LearnerState, LearnProcessor
+from stream.processor import SOURCE_HEADER
+
+__all__ = ["LearnConfig", "create_app", "new_state", "restore_state", "run_learner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnConfig:
+    """What a learn app needs; ``reelfeed.workers`` builds it from settings."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    redis_prefix: str
+    events_topic: str
+    datadir: Path
+    version: str
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 2000
+    batch_seconds: float = 0.1
+    publish_interval_s: float = 2.0
+    checkpoint_interval_s: float = 60.0
+    commit_interval_s: float = 5.0
+    prequential_sample: float = 0.2
+    default_runtime: int = 100
+    catalog: Catalog = field(default_factory=Catalog)
+    seed: int = 0
+
+    @property
+    def app_id(self) -> str:
+        """``reelfeed-learn-<version>``; a stack with its own Redis prefix gets its own."""
+        if self.redis_prefix == "rf":
+            return f"reelfeed-learn-{self.version}"
+        return f"reelfeed-learn-{self.redis_prefix.replace(':', '-')}-{self.version}"
+
+    @property
+    def group_id(self) -> str:
+        """The group the learner commits its positions to (for Kafka's lag tools only)."""
+        return f"{self.app_id}.positions"
+
+
+def new_state(config: LearnConfig) -> LearnerState:
+    params = {"seed": config.seed, **config.model_params}
+    model = OnlineMF(**params)
+    progress = WatchProgress(model.feedback, config.catalog.runtime, config.default_runtime)
+    return LearnerState(model, progress, sample_rng=random.Random(config.seed))
+
+
+async def restore_state(config: LearnConfig, store: ModelStore) -> LearnerState:
+    """The state of the version's checkpoint, or a fresh one when it has none."""
+    checkpoint = await store.load_checkpoint()
+    if checkpoint is None:
+        log.info("no checkpoint of %s: learning from the beginning", config.version)
+        return new_state(config)
+    state = LearnerState.from_bytes(checkpoint.state)
+    log.info(
+        "restored %s from its checkpoint: %d events learned, positions %s",
+        config.version,
+        state.events_learned,
+        state.positions,
+    )
+    return state
+
+
+def _messages(batch: Mapping[TopicPartition, list[Any]]) -> list[EventMessage]:
+    messages = []
+    for tp in sorted(batch, key=lambda tp: tp.partition):
+        for record in batch[tp]:
+            headers = dict(record.headers or ())
+            messages.append(
+                EventMessage(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.value or b"",
+                    headers.get(SOURCE_HEADER),
+                )
+            )
+    return messages
+
+
+async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) -> LearnerState:
+    """Learn until cancelled (or ``stop`` is set); checkpoint on the way out."""
+    client = aioredis.Redis.from_url(config.redis_url)
+    store = ModelStore(client, KeySchema(config.redis_prefix), config.version)
+    state = await restore_state(config, store)
+    processor = LearnProcessor(
+        state,
+        store,
+        config.version,
+        prequential_sample=config.prequential_sample,
+        publish_interval_s=config.publish_interval_s,
+        checkpoint_interval_s=config.checkpoint_interval_s,
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka_bootstrap,
+        group_id=config.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=config.batch_size,
+    )
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    last_commit = loop.time()
+    try:
+        partitions = await _partitions(config.kafka_bootstrap, config.events_topic)
+        consumer.assign(partitions)
+        for tp in partitions:
+            position = state.positions.get(f"{tp.topic}:{tp.partition}")
+            if position is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, position + 1)
+        log.info(
+            "learning %s from %s (%d partitions)",
+            config.version,
+            config.events_topic,
+            len(partitions),
+        )
+        while stop is None or not stop.is_set():
+            batch = await consumer.getmany(
+                timeout_ms=int(config.batch_seconds * 1000), max_records=config.batch_size
+            )
+            messages = _messages(batch)
+            if messages:
+                await processor.process(messages)
+            await processor.tick()
+            for tp in partitions:
+                highwater = consumer.highwater(tp)
+                position = state.positions.get(f"{tp.topic}:{tp.partition}", -1)
+                if highwater is not None:
+                    metrics.LEARN_CONSUMER_LAG.labels(config.version, str(tp.partition)).set(
+                        max(highwater - position - 1, 0)
+                    )
+            if loop.time() - last_commit >= config.commit_interval_s:
+                await _commit(consumer, state)
+                last_commit = loop.time()
+    finally:
+        try:
+            await processor.tick(force=True)
+            await processor.checkpoint()
+            await _commit(consumer, state)
+        finally:
+            await consumer.stop()
+            await client.aclose()
+    return state
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if description.get("error_code"):
+        raise RuntimeError(f"topic {topic!r} cannot be read: error {description['error_code']}")
+    return [
+        TopicPartition(topic, p["partition"])
+        for p in sorted(description["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def _commit(consumer: AIOKafkaConsumer, state: LearnerState) -> None:
+    offsets = {}
+    for key, offset in state.positions.items():
+        topic, _, partition = key.rpartition(":")
+        offsets[TopicPartition(topic, int(partition))] = OffsetAndMetadata(offset + 1, "")
+    if offsets:
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:  # only for visibility: never worth stopping the learner
+            log.warning("committing learner offsets failed: %r", exc)
+
+
+def create_app(config: LearnConfig) -> faust.App:
+    """A Faust app whose one task runs the learner (``reelfeed learn``)."""
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka://{config.kafka_bootstrap}",
+        datadir=str(config.datadir),
+        broker_session_timeout=10.0,
+        web_enabled=False,
+        autodiscover=False,
+    )
+
+    async def learn() -> None:
+        await run_learner(config)
+
+    app.task(learn)
+    return app

@@ -1,0 +1,285 @@
+"""The learner's state and its micro-batch step, apart from Kafka and Faust.
+
+``LearnerState`` is everything a learner knows: the model, the watch progress, the
+positions it consumed and, per source partition, the last source offset it learned
+(ingest may publish an event twice after a crash; the second copy is dropped here).
+It pickles whole: a checkpoint is this state at a batch boundary.
+
+``LearnProcessor.process`` takes messages of ``reelfeed.events`` in partition order,
+learns them as one micro-batch and commits what changed (user rows and positions) to
+Redis in one transaction; ``tick`` publishes the item matrix and checkpoints on their
+intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import numpy as np
+from river import stats
+
+from online_model.mf import OnlineMF
+from state import Checkpoint, ItemMatrix, user_row
+from stream import metrics
+from stream.codec import EventDecodeError, decode_event
+from stream.feedback import WatchProgress
+
+__all__ = [
+    "EventMessage",
+    "LearnProcessor",
+    "LearnReport",
+    "LearnerState",
+    "ModelWriter",
+    "parse_source",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    """One message of ``reelfeed.events`` and where it was read."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    #: The ingest source position header (``b"<topic>:<partition>:<offset>"``), if any.
+    source: bytes | None = None
+
+
+def parse_source(source: bytes | None) -> tuple[str, int] | None:
+    """``b"movielog:3:120"`` -> ``("movielog:3", 120)``; ``None`` when absent or malformed.
+
+    Examples
+    --------
+    >>> parse_source(b"movielog7:3:120")
+    ('movielog7:3', 120)
+    >>> parse_source(b"nonsense") is None
+    True
+    """
+    if not source:
+        return None
+    head, _, offset = source.decode(errors="replace").rpartition(":")
+    if not head or not offset.isdigit():
+        return None
+    return head, int(offset)
+
+
+@dataclass
+class LearnerState:
+    """What a learner knows; pickled whole as its checkpoint."""
+
+    model: OnlineMF
+    progress: WatchProgress
+    #: "<topic>:<partition>" of reelfeed.events -> last offset consumed.
+    positions: dict[str, int] = field(default_factory=dict)
+    #: "<events partition>|<source topic>:<source partition>" -> last source offset learned.
+    source_marks: dict[str, int] = field(default_factory=dict)
+    sample_rng: random.Random = field(default_factory=lambda: random.Random(0))
+    events_learned: int = 0
+    #: Prequential test points and hits, over the learner's life.
+    prequential_tests: int = 0
+    prequential_hits: int = 0
+    #: Recent prequential hit rate, an exponentially weighted mean (about 200 tests).
+    recent_hit_rate: stats.EWMean = field(default_factory=lambda: stats.EWMean(0.005))
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> LearnerState:
+        # Checkpoints come from this project's own Redis on loopback: trusted.
+        state = pickle.loads(blob)  # noqa: S301
+        if not isinstance(state, cls):
+            raise TypeError(f"a checkpoint holds a {type(state).__name__}, not a LearnerState")
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class LearnReport:
+    messages: int
+    replayed: int
+    duplicates: int
+    undecodable: int
+    learned: int
+    users_committed: int
+
+
+class ModelWriter(Protocol):
+    async def commit(
+        self,
+        users: Mapping[int, np.ndarray],
+        items: Mapping[str, np.ndarray],
+        positions: Mapping[str, int],
+    ) -> None: ...
+
+    async def publish_matrix(self, matrix: ItemMatrix) -> int: ...
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+
+@dataclass
+class LearnProcessor:
+    """Learns micro-batches into a ``LearnerState`` and writes the results.
+
+    Parameters
+    ----------
+    state
+        The learner's state (fresh, or loaded from a checkpoint).
+    writer
+        Where user rows, item matrices and checkpoints go.
+    version
+        The model version's name (a metric label).
+    prequential_sample
+        Share of first watches of known users tested before learning.
+    publish_interval_s, checkpoint_interval_s
+        How often ``tick`` publishes the item matrix and checkpoints the state.
+    """
+
+    state: LearnerState
+    writer: ModelWriter
+    version: str
+    prequential_sample: float = 0.2
+    publish_interval_s: float = 2.0
+    checkpoint_interval_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _last_publish: float = field(default=-1e18, init=False)
+    _last_checkpoint: float = field(default=0.0, init=False)
+    _dirty_items: bool = field(default=True, init=False)
+    _dirty_state: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._last_checkpoint = self.clock()
+
+    async def process(self, messages: Sequence[EventMessage]) -> LearnReport:
+        started = time.perf_counter()
+        state = self.state
+        users: list[int] = []
+        movies: list[str] = []
+        weights: list[float] = []
+        replayed = duplicates = undecodable = 0
+        for message in messages:
+            position_key = f"{message.topic}:{message.partition}"
+            if message.offset <= state.positions.get(position_key, -1):
+                replayed += 1
+                continue
+            state.positions[position_key] = message.offset
+            source = parse_source(message.source)
+            if source is not None:
+                mark_key = f"{message.partition}|{source[0]}"
+                if source[1] <= state.source_marks.get(mark_key, -1):
+                    duplicates += 1
+                    continue
+                state.source_marks[mark_key] = source[1]
+            try:
+                event = decode_event(message.value)
+            except EventDecodeError:
+                undecodable += 1
+                log.debug("undecodable event at %s:%d", position_key, message.offset)
+                continue
+            for learning in state.progress.learn(event):
+                if learning.first_sight and learning.weight > 0:
+                    self._maybe_test(learning.user_id, learning.movie_id)
+                users.append(learning.user_id)
+                movies.append(learning.movie_id)
+                weights.append(learning.weight)
+        if users:
+            state.model.learn_many(users, movies, np.asarray(weights))
+            state.events_learned += len(users)
+        delta = state.model.pop_changes()
+        rows = {
+            cast(int, user): user_row(int(count), vector)
+            for user, count, vector in zip(
+                delta.user_ids, delta.user_event_counts, delta.user_vectors, strict=True
+            )
+        }
+        if rows or replayed + duplicates + undecodable < len(messages):
+            await self.writer.commit(rows, {}, dict(state.positions))
+        if delta.item_ids:
+            self._dirty_items = True
+        if len(messages) > replayed:
+            self._dirty_state = True
+        metrics.LEARN_EVENTS.labels(self.version).inc(len(users))
+        metrics.LEARN_SKIPPED.labels(self.version, "replayed").inc(replayed)
+        metrics.LEARN_SKIPPED.labels(self.version, "duplicate").inc(duplicates)
+        metrics.LEARN_SKIPPED.labels(self.version, "undecodable").inc(undecodable)
+        metrics.LEARN_BATCH_SECONDS.labels(self.version).observe(time.perf_counter() - started)
+        return LearnReport(len(messages), replayed, duplicates, undecodable, len(users), len(rows))
+
+    def _maybe_test(self, user_id: int, movie_id: str) -> None:
+        """Prequential test: was the movie in the user's top 20 before learning it?"""
+        state = self.state
+        if state.model.user_vector(user_id) is None:
+            return
+        if state.sample_rng.random() >= self.prequential_sample:
+            return
+        exclude = state.progress.started(user_id) - {movie_id}
+        hit = movie_id in state.model.recommend(user_id, k=20, exclude=exclude)
+        state.prequential_tests += 1
+        state.prequential_hits += int(hit)
+        metrics.LEARN_PREQUENTIAL_TESTS.labels(self.version).inc()
+        if hit:
+            metrics.LEARN_PREQUENTIAL_HITS.labels(self.version).inc()
+        state.recent_hit_rate.update(float(hit))
+        # The weighted mean starts at the first test's value: until it has seen about a
+        # window's worth of tests, the plain mean is the better estimate.
+        rate = (
+            state.recent_hit_rate.get()
+            if state.prequential_tests >= 200
+            else state.prequential_hits / state.prequential_tests
+        )
+        metrics.LEARN_PREQUENTIAL_HIT_RATE.labels(self.version).set(rate)
+
+    def item_matrix(self) -> ItemMatrix:
+        model = self.state.model
+        return ItemMatrix(
+            movie_ids=tuple(str(item) for item in model.item_ids),
+            factors=np.ascontiguousarray(model.item_matrix, dtype=np.float32),
+            biases=np.ascontiguousarray(model.item_biases, dtype=np.float32),
+            popularity=np.asarray(model.item_popularity, dtype=np.float32),
+            positions=dict(self.state.positions),
+            ranking=_ranking_params(model),
+        )
+
+    async def tick(self, force: bool = False) -> None:
+        """Publish the item matrix and checkpoint, each when its interval has passed."""
+        now = self.clock()
+        if self._dirty_items and (force or now - self._last_publish >= self.publish_interval_s):
+            if self.state.model.n_items:
+                revision = await self.writer.publish_matrix(self.item_matrix())
+                metrics.LEARN_MATRIX_REVISION.labels(self.version).set(revision)
+            self._dirty_items = False
+            self._last_publish = now
+        if self._dirty_state and (
+            force or now - self._last_checkpoint >= self.checkpoint_interval_s
+        ):
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        started = time.perf_counter()
+        blob = self.state.to_bytes()
+        await self.writer.save_checkpoint(Checkpoint(blob, dict(self.state.positions), time.time()))
+        self._dirty_state = False
+        self._last_checkpoint = self.clock()
+        metrics.LEARN_CHECKPOINT_SECONDS.labels(self.version).observe(time.perf_counter() - started)
+        log.info(
+            "checkpoint of %s: %d bytes, %d events learned, positions %s",
+            self.version,
+            len(blob),
+            self.state.events_learned,
+            self.state.positions,
+        )
+
+
+def _ranking_params(model: OnlineMF) -> dict[str, Any]:
+    return {
+        "popularity_weight": float(model.popularity_weight),
+        "cold_start_events": float(model.cold_start_events),
+    }

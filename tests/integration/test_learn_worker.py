@@ -1,0 +1,177 @@
+"""The learn worker as a real process: learns the events topic into Redis, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from online_model.feedback import FeedbackWeights
+from reelfeed.infra import create_topics
+from state import KeySchema, ModelStore
+from stream.codec import encode_event, event_key
+from stream.events import Event, Rejected
+from stream.feedback import WatchProgress
+from stream.learner import LearnerState
+from stream.parser import parse_line
+from stream.processor import SOURCE_HEADER
+from tests.integration.workers import WorkerProcess, free_port, synthetic_stream, wait_until
+
+pytestmark = pytest.mark.integration
+
+PARAMS = '{"n_factors": 16, "negatives": 4}'
+
+
+def learn_env(kafka: str, redis_url: str, prefix: str, topic: str, **extra: str) -> dict[str, str]:
+    return {
+        "REELFEED_KAFKA_BOOTSTRAP": kafka,
+        "REELFEED_REDIS_URL": redis_url,
+        "REELFEED_REDIS_PREFIX": prefix,
+        "REELFEED_EVENTS_TOPIC": topic,
+        "REELFEED_LEARN_VERSION": "v1",
+        "REELFEED_LEARN_PARAMS": PARAMS,
+        "REELFEED_LEARN_METRICS_PORT": "0",
+        "REELFEED_LEARN_PUBLISH_INTERVAL": "0.5",
+        **extra,
+    }
+
+
+def events_of(sessions: int, seed: int) -> list[Event]:
+    parsed = [parse_line(line) for line in synthetic_stream(sessions, seed)]
+    return [event for event in parsed if not isinstance(event, Rejected)]
+
+
+async def produce_events(bootstrap: str, topic: str, events: list[Event], duplicates: int) -> None:
+    """Events as ingest publishes them, then some of them again with the same source."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        sent = [(event, f"movielog:0:{offset}".encode()) for offset, event in enumerate(events)]
+        again = random.Random(3).sample(sent, duplicates)
+        for event, source in [*sent, *again]:
+            await producer.send(
+                topic, encode_event(event), key=event_key(event), headers=[(SOURCE_HEADER, source)]
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def expected_learning(events: list[Event]) -> tuple[int, Counter[int]]:
+    progress = WatchProgress(FeedbackWeights(), lambda movie: None)
+    per_user: Counter[int] = Counter()
+    for event in events:
+        for learning in progress.learn(event):
+            per_user[learning.user_id] += 1
+    return sum(per_user.values()), per_user
+
+
+async def learned_everything(store: ModelStore, expected_messages: int) -> bool:
+    positions = await store.positions()
+    return sum(offset + 1 for offset in positions.values()) >= expected_messages
+
+
+def until(check: Callable[[], Awaitable[bool]]) -> Callable[[], Awaitable[bool]]:
+    return check
+
+
+async def final_state(store: ModelStore) -> LearnerState:
+    checkpoint = await store.load_checkpoint()
+    assert checkpoint is not None
+    return LearnerState.from_bytes(checkpoint.state)
+
+
+async def test_learner_learns_each_event_once_and_publishes_a_matrix(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    events = events_of(300, seed=11)
+    topic = f"{unique_name}.events"
+    await asyncio.to_thread(create_topics, kafka_bootstrap, {topic: 2})
+    await produce_events(kafka_bootstrap, topic, events, duplicates=40)
+    total, per_user = expected_learning(events)
+    store = ModelStore(redis_client, KeySchema(unique_name), "v1")
+    worker = WorkerProcess(
+        "learn", learn_env(kafka_bootstrap, redis_url, unique_name, topic), tmp_path, "learn"
+    )
+    worker.start()
+    try:
+        await wait_until(until(lambda: learned_everything(store, len(events) + 40)), 90, worker)
+        await wait_until(until(lambda: _matrix_published(store)), 30, worker)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    state = await final_state(store)
+    assert state.events_learned == total
+    assert {u: state.model.user_events(u) for u in per_user} == dict(per_user)
+    matrix = await store.load_matrix()
+    assert matrix is not None and matrix.factors.shape[1] == 16
+    assert set(matrix.movie_ids) == {e.movie_id for e in events if hasattr(e, "minute")} | {
+        e.movie_id for e in events if hasattr(e, "rating")
+    }
+    some_user = next(iter(per_user))
+    context = await store.user_context(some_user)
+    assert context.vector is not None and context.n_events == per_user[some_user]
+
+
+async def _matrix_published(store: ModelStore) -> bool:
+    return await store.matrix_revision() > 0
+
+
+@pytest.mark.slow
+async def test_sigkill_then_restart_learns_what_an_uninterrupted_run_learns(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    events = events_of(1500, seed=12)
+    topic = f"{unique_name}.events"
+    await asyncio.to_thread(create_topics, kafka_bootstrap, {topic: 2})
+    await produce_events(kafka_bootstrap, topic, events, duplicates=100)
+    total, per_user = expected_learning(events)
+    messages = len(events) + 100
+
+    # Checkpoints every half second, small batches: the kill lands between checkpoints,
+    # after batches whose rows are already in Redis.
+    env = learn_env(
+        kafka_bootstrap,
+        redis_url,
+        unique_name,
+        topic,
+        REELFEED_LEARN_CHECKPOINT_INTERVAL="0.5",
+        REELFEED_LEARN_METRICS_PORT=str(free_port()),
+    )
+    store = ModelStore(redis_client, KeySchema(unique_name), "v1")
+    first = WorkerProcess("learn", env, tmp_path, "first")
+    first.start()
+    await wait_until(until(lambda: _checkpointed_some(store)), 90, first)
+    first.kill()
+    checkpoint = await store.load_checkpoint()
+    assert checkpoint is not None
+    at_kill = sum(o + 1 for o in checkpoint.positions.values())
+    assert 0 < at_kill < messages, "the kill must land mid-stream"
+
+    second = WorkerProcess("learn", env, tmp_path, "second")
+    second.start()
+    try:
+        await wait_until(until(lambda: learned_everything(store, messages)), 90, second)
+    finally:
+        assert second.stop() == 0, second.log_tail()
+    state = await final_state(store)
+    assert state.events_learned == total
+    assert {u: state.model.user_events(u) for u in per_user} == dict(per_user)
+
+
+async def _checkpointed_some(store: ModelStore) -> bool:
+    checkpoint = await store.load_checkpoint()
+    return checkpoint is not None and sum(checkpoint.positions.values()) > 500
