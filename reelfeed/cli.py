@@ -202,7 +202,39 @@ def cmd_learn(args: argparse.Namespace, settings: Settings, environ: Mapping[str
 
     if args.var_dir is not None:
         settings = settings.replace(var_dir=Path(args.var_dir))
-    run_learn_worker(settings)
+    run_learn_worker(settings, environ)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    import asyncio
+    from dataclasses import asdict
+
+    import redis.asyncio as aioredis
+
+    from state import KeySchema, RoutingStore, VersionRegistry
+
+    async def run() -> object:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            keys = KeySchema(settings.redis_prefix)
+            registry = VersionRegistry(client, keys)
+            routing = (await RoutingStore(client, keys).get()).to_json()
+            if args.action == "list":
+                return {
+                    "routing": routing,
+                    "versions": [asdict(record) for record in await registry.list()],
+                }
+            record = await registry.get(args.name)
+            return None if record is None else {"routing": routing, **asdict(record)}
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(run())
+    if result is None:
+        sys.stderr.write(f"reelfeed: no model version {args.name!r}\n")
+        return 1
+    _print_json(result)
     return 0
 
 
@@ -243,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     learn = commands.add_parser("learn", help="run the learn worker of a model version")
     learn.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
     learn.set_defaults(handler=cmd_learn)
+
+    versions = commands.add_parser("versions", help="model versions and the routing")
+    versions_actions = versions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    versions_actions.add_parser("list", help="every registered version, oldest first")
+    show = versions_actions.add_parser("show", help="one version's record")
+    show.add_argument("name")
+    versions.set_defaults(handler=cmd_versions)
 
     from reelfeed.validate import add_validate_command
 

@@ -24,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from online_model.evaluation import (
@@ -210,8 +212,10 @@ class _PeriodicALS:
         self._fit_item_ids: list[Hashable] = []
         self._fit_history_sizes: dict[Hashable, int] = {}
         self._model: Any = None
-        self._user_factors: Any = None
-        self._item_factors: Any = None
+        self._user_factors = np.zeros((0, factors), dtype=np.float32)
+        self._item_factors = np.zeros((0, factors), dtype=np.float32)
+        self._gram = np.zeros((factors, factors))
+        self._folded: dict[Hashable, tuple[int, npt.NDArray[np.float32] | None]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -233,7 +237,6 @@ class _PeriodicALS:
 
     def _fit(self) -> None:
         started = time.perf_counter()
-        np = importlib.import_module("numpy")
         sparse = _optional("scipy.sparse")
         threadpoolctl = _optional("threadpoolctl")
         als = _optional("implicit.als")
@@ -262,8 +265,11 @@ class _PeriodicALS:
             )
             model.fit(matrix, show_progress=False)
         self._model = model
-        self._user_factors = np.asarray(model.user_factors)
-        self._item_factors = np.asarray(model.item_factors)
+        self._user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self._item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        item_factors = self._item_factors.astype(np.float64)
+        self._gram = item_factors.T @ item_factors
+        self._folded = {}
         self._fit_users = {user: row for row, user in enumerate(users)}
         self._fit_items = item_index
         self._fit_item_ids = list(item_index)
@@ -271,13 +277,20 @@ class _PeriodicALS:
         self.retrains += 1
         self.retrain_seconds += time.perf_counter() - started
 
-    def _user_vector(self, user: Hashable) -> Any:
+    def _user_vector(self, user: Hashable) -> npt.NDArray[np.float32] | None:
         row = self._fit_users.get(user)
         history = self._user_items.get(user, {})
-        if not self.fold_in:
+        if not self.fold_in or (row is not None and self._fit_history_sizes[user] == len(history)):
             return None if row is None else self._user_factors[row]
-        if row is not None and self._fit_history_sizes.get(user) == len(history):
-            return self._user_factors[row]
+        cached = self._folded.get(user)
+        if cached is not None and cached[0] == len(history):
+            return cached[1]
+        vector = self._fold_in(history)
+        self._folded[user] = (len(history), vector)
+        return vector
+
+    def _fold_in(self, history: Mapping[Hashable, float]) -> npt.NDArray[np.float32] | None:
+        """The user's ALS vector against the fitted item factors (implicit's own equations)."""
         known = [
             (self._fit_items[item], value)
             for item, value in history.items()
@@ -285,15 +298,12 @@ class _PeriodicALS:
         ]
         if not known:
             return None
-        np = importlib.import_module("numpy")
-        sparse = _optional("scipy.sparse")
-        columns = np.asarray([column for column, _ in known])
-        data = np.asarray([value for _, value in known], dtype=np.float32)
-        user_items = sparse.csr_matrix(
-            (data, (np.zeros(len(known), dtype=np.int64), columns)),
-            shape=(1, len(self._fit_items)),
-        )
-        return self._model.recalculate_user(0, user_items)
+        columns = np.fromiter((column for column, _ in known), dtype=np.intp)
+        confidence = self.alpha * np.fromiter((value for _, value in known), dtype=np.float64)
+        items = self._item_factors[columns].astype(np.float64)
+        system = self._gram + (items.T * (confidence - 1.0)) @ items
+        system[np.diag_indices_from(system)] += self.regularization
+        return np.linalg.solve(system, items.T @ confidence).astype(np.float32)
 
     def recommend(
         self, user: Hashable, k: int = 20, exclude: Collection[Hashable] = ()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import faust
 import orjson
 from prometheus_client import start_http_server
 
+from reelfeed.buildinfo import code_sha, package_versions
 from reelfeed.infra import create_topics
 from reelfeed.settings import Settings
 from stream.catalog import Catalog, load_catalog_csv
@@ -68,7 +70,7 @@ def run_ingest_worker(settings: Settings) -> None:
     worker.execute_from_commandline()
 
 
-def learn_config(settings: Settings) -> LearnConfig:
+def learn_config(settings: Settings, environ: Mapping[str, str]) -> LearnConfig:
     catalog = Catalog()
     if settings.catalog_path is not None:
         catalog = load_catalog_csv(settings.catalog_path)
@@ -83,11 +85,13 @@ def learn_config(settings: Settings) -> LearnConfig:
         publish_interval_s=settings.learn_publish_interval,
         checkpoint_interval_s=settings.learn_checkpoint_interval,
         catalog=catalog,
+        code_sha=code_sha(environ),
+        packages=package_versions(),
     )
 
 
-def run_learn_worker(settings: Settings) -> None:
-    config = learn_config(settings)
+def run_learn_worker(settings: Settings, environ: Mapping[str, str]) -> None:
+    config = learn_config(settings, environ)
     create_topics(settings.kafka_bootstrap, {config.events_topic: settings.topic_partitions})
     _serve_metrics(settings, settings.learn_metrics_port)
     app = create_learn_app(config)

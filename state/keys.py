@@ -95,3 +95,19 @@ class KeySchema:
     def routing(self) -> str:
         """Hash of the serving routing: live, canary, share, salt, revision (state.routing)."""
         return f"{self.prefix}:routing"
+
+    def versions(self) -> str:
+        """Hash of the model-version registry: version -> JSON record."""
+        return f"{self.prefix}:versions"
+
+    def learner_requests(self, version: str) -> str:
+        """List of requests to a version's learner (snapshot, reload), oldest at the right."""
+        return f"{self.prefix}:v:{version}:requests"
+
+    def snapshots(self) -> str:
+        """Hash of snapshot metadata: snapshot id -> JSON record."""
+        return f"{self.prefix}:snapshots"
+
+    def snapshot(self, snapshot_id: str) -> str:
+        """A snapshot's learner state (a checkpoint blob)."""
+        return f"{self.prefix}:snapshot:{snapshot_id}"

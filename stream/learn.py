@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from online_model.mf import OnlineMF
-from state import KeySchema, ModelStore
+from state import KeySchema, ModelStore, RoutingStore, VersionRecord, VersionRegistry
 from stream import metrics
 from stream.catalog import Catalog
 from stream.feedback import WatchProgress
@@ -56,6 +56,9 @@ class LearnConfig:
     default_runtime: int = 100
     catalog: Catalog = field(default_factory=Catalog)
     seed: int = 0
+    #: Who learns this version (git commit, package versions), for the registry.
+    code_sha: str = "unknown"
+    packages: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def app_id(self) -> str:
@@ -113,7 +116,27 @@ def _messages(batch: Mapping[TopicPartition, list[Any]]) -> list[EventMessage]:
 async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) -> LearnerState:
     """Learn until cancelled (or ``stop`` is set); checkpoint on the way out."""
     client = aioredis.Redis.from_url(config.redis_url)
-    store = ModelStore(client, KeySchema(config.redis_prefix), config.version)
+    keys = KeySchema(config.redis_prefix)
+    store = ModelStore(client, keys, config.version)
+    record = await VersionRegistry(client, keys).register(
+        VersionRecord(
+            name=config.version,
+            config={"seed": config.seed, **config.model_params},
+            code_sha=config.code_sha,
+            packages=dict(config.packages),
+            consumer_group=config.group_id,
+        )
+    )
+    if dict(record.config) != {"seed": config.seed, **config.model_params}:
+        raise RuntimeError(
+            f"version {config.version!r} is registered with config {dict(record.config)}; "
+            "a different config needs a new version name"
+        )
+    routing = RoutingStore(client, keys)
+    if (await routing.get()).live is None:
+        # A stack's first version serves: there is nothing else to serve with.
+        await routing.set_live(config.version)
+        log.info("no live version yet: %s goes live", config.version)
     state = await restore_state(config, store)
     processor = LearnProcessor(
         state,

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from online_model.feedback import FeedbackWeights
 from reelfeed.infra import create_topics
-from state import KeySchema, ModelStore
+from state import KeySchema, ModelStore, VersionRegistry
 from stream.codec import encode_event, event_key
 from stream.events import Event, Rejected
 from stream.feedback import WatchProgress
@@ -117,6 +117,9 @@ async def test_learner_learns_each_event_once_and_publishes_a_matrix(
     assert set(matrix.movie_ids) == {e.movie_id for e in events if hasattr(e, "minute")} | {
         e.movie_id for e in events if hasattr(e, "rating")
     }
+    record = await VersionRegistry(redis_client, KeySchema(unique_name)).get("v1")
+    assert record is not None and record.config == {"seed": 0, "n_factors": 16, "negatives": 4}
+    assert record.code_sha != "unknown" and record.packages["river"]
     some_user = next(iter(per_user))
     context = await store.user_context(some_user)
     assert context.vector is not None and context.n_events == per_user[some_user]
