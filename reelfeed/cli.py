@@ -238,6 +238,18 @@ def cmd_versions(args: argparse.Namespace, settings: Settings, environ: Mapping[
     return 0
 
 
+def cmd_sim(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    """The simulated site; the stack's settings give its defaults, later flags win."""
+    from sim.cli import main as sim_main
+
+    defaults = [
+        f"--bootstrap={settings.kafka_bootstrap}",
+        f"--topic={settings.raw_topic}",
+        f"--recommend-url=http://{settings.server_host}:{settings.server_port}",
+    ]
+    return sim_main([*defaults, *args.sim_args])
+
+
 def cmd_version(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     _print_json({"reelfeed": __version__, "kafka": KAFKA_VERSION})
     return 0
@@ -276,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
     learn.set_defaults(handler=cmd_learn)
 
+    sim = commands.add_parser(
+        "sim",
+        help="run the simulated streaming site (flags: `reelfeed sim -- --help`)",
+        add_help=False,
+    )
+    sim.set_defaults(handler=cmd_sim, sim_args=[])
+
     versions = commands.add_parser("versions", help="model versions and the routing")
     versions_actions = versions.add_subparsers(dest="action", required=True, metavar="ACTION")
     versions_actions.add_parser("list", help="every registered version, oldest first")
@@ -292,9 +311,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Where the subcommand is in ``argv`` (after the global options)."""
+    index = 0
+    while index < len(argv):
+        if argv[index] == "--log-level":
+            index += 2
+        elif argv[index].startswith("-"):
+            index += 1
+        else:
+            return index
+    return None
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The simulator parses its own flags: everything after `sim` is handed over as is
+    # (but --var-dir, which the supervisor adds to every role).
+    sim_args: list[str] = []
+    at = _command_index(argv)
+    if at is not None and argv[at] == "sim":
+        sim_args = [a for a in argv[at + 1 :] if not a.startswith("--var-dir")]
+        argv = argv[: at + 1]
     args = build_parser().parse_args(argv)
+    if args.command == "sim":
+        args.sim_args = sim_args
     try:
         settings = Settings.from_env(environ)
     except SettingsError as exc:

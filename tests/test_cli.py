@@ -50,3 +50,16 @@ def test_settings_ignore_other_variables_and_cast() -> None:
     settings = Settings.from_env({"HOME": "/root", "REELFEED_TOPIC_PARTITIONS": "8"})
     assert settings.topic_partitions == 8
     assert settings == Settings().replace(topic_partitions=8)
+
+
+def test_sim_flags_go_to_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sim", "--help"], environ={})
+    assert exit_info.value.code == 0
+    assert "--lines-per-second" in capsys.readouterr().out
+
+
+def test_a_version_named_sim_is_not_the_sim_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["versions", "show"], environ={})
+    assert "name" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Tests of the simulated streaming site (package ``sim``)."""
