@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from reelfeed.cli import main
+from reelfeed.cli import _command_index, main
 from reelfeed.settings import Settings, SettingsError
 
 
@@ -59,7 +59,7 @@ def test_sim_flags_go_to_the_simulator(capsys: pytest.CaptureFixture[str]) -> No
     assert "--lines-per-second" in capsys.readouterr().out
 
 
-def test_a_version_named_sim_is_not_the_sim_command(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["versions", "show"], environ={})
-    assert "name" in capsys.readouterr().err
+def test_only_the_subcommand_position_selects_the_simulator() -> None:
+    assert _command_index(["--log-level", "DEBUG", "versions", "show", "sim"]) == 2
+    assert _command_index(["sim", "--speed", "60"]) == 0
+    assert _command_index(["--log-level=INFO"]) is None
