@@ -127,6 +127,7 @@ def stack_up(
                 "redis_port": stack.redis_port,
                 "prometheus_port": stack.prometheus_port,
                 "alertmanager_port": stack.alertmanager_port,
+                "simulator": stack.simulator,
             }
         ).decode()
         command = [sys.executable, "-m", "reelfeed", "supervise", f"--layout={layout}"]
@@ -138,9 +139,10 @@ def stack_up(
         status = read_status(stack)
         if status is not None and status.get("state") == "running":
             return status
-        if not supervisor.is_running():
+        if not (supervisor.spawned_alive() or supervisor.is_running()):
             raise InfraError(f"the stack's supervisor exited:\n{supervisor.log_tail()}")
         time.sleep(0.2)
+    supervisor.stop(timeout=60)  # half a stack helps nobody
     raise InfraError(f"the stack did not start within {timeout:.0f} s:\n{supervisor.log_tail()}")
 
 
@@ -174,6 +176,7 @@ def cmd_supervise(args: argparse.Namespace, settings: Settings, environ: Mapping
             int(fields["redis_port"]),
             int(fields["prometheus_port"]),
             int(fields["alertmanager_port"]),
+            bool(fields["simulator"]),
         )
     return Supervisor(stack, _stack_settings(stack, settings), environ).run()
 
@@ -238,6 +241,24 @@ def cmd_versions(args: argparse.Namespace, settings: Settings, environ: Mapping[
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from server import ServerConfig, run_server
+
+    config = ServerConfig(
+        host=settings.server_host,
+        port=settings.server_port,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        recommendations_topic=settings.recommendations_topic,
+        admin_token=settings.admin_token,
+        user_api_url=settings.user_api_url,
+        max_user_id=settings.max_user_id,
+        deadline_s=settings.server_deadline,
+    )
+    return run_server(config, workers=args.workers or settings.server_workers)
+
+
 def cmd_sim(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     """The simulated site; the stack's settings give its defaults, later flags win."""
     from sim.cli import main as sim_main
@@ -287,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     learn = commands.add_parser("learn", help="run the learn worker of a model version")
     learn.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
     learn.set_defaults(handler=cmd_learn)
+
+    serve = commands.add_parser("serve", help="run the recommendation server (port 8082)")
+    serve.add_argument("--workers", type=int, default=None, help="processes sharing the port")
+    serve.add_argument("--var-dir", default=None, help=argparse.SUPPRESS)
+    serve.set_defaults(handler=cmd_serve)
 
     sim = commands.add_parser(
         "sim",

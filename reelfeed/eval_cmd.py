@@ -15,6 +15,7 @@ import argparse
 import ast
 import csv
 import importlib
+import itertools
 import re
 import sys
 import time
@@ -43,10 +44,10 @@ from online_model.ranking import top_k
 from online_model.river_reco import RiverRecommender
 from reelfeed.settings import Settings
 
-__all__ = ["DEFAULT_MODELS", "MODELS", "add_eval_command", "cmd_eval"]
+__all__ = ["DEFAULT_MODELS", "EvalError", "MODELS", "add_eval_command", "cmd_eval", "run_eval"]
 
 MODELS = ("popularity", "decayed-popularity", "river-biasedmf", "reelfeed", "als", "als-foldin")
-DEFAULT_MODELS = ("popularity", "decayed-popularity", "river-biasedmf", "reelfeed", "als")
+DEFAULT_MODELS = MODELS
 
 #: Half-life (in events) of the decayed-popularity baseline, and of the model's blend.
 _DECAY_HALF_LIFE = 2000.0
@@ -175,13 +176,25 @@ def _read_movielog(path: Path, limit: int | None, runtime_minutes: float) -> _St
 # ---------------------------------------------------------------------------- ALS baseline
 
 
+@dataclass(slots=True)
+class _FoldIn:
+    """A user's normal equations against one fit's item factors, grown item by item."""
+
+    fit: int
+    n_items: int
+    lhs: npt.NDArray[np.float64]
+    rhs: npt.NDArray[np.float64]
+    vector: npt.NDArray[np.float32] | None = None
+
+
 class _PeriodicALS:
     """``implicit``'s ALS retrained from scratch every ``every`` events, as teams do.
 
-    Between retrains it ranks known users with the factors of the last fit; users unseen
-    at the last fit get live popularity. With ``fold_in`` a user whose history grew since
-    the fit gets a vector recomputed from the current history against the fitted item
-    factors (one least-squares solve), which is more than most teams do.
+    Between refits it ranks the users of the last fit with their fitted factors and
+    everyone else with live popularity counts. With ``fold_in`` a user whose history grew
+    since the fit gets a vector solved from the current history against the fitted item
+    factors (implicit's own normal equations, kept up to date one item at a time), which
+    is more than most teams do.
     """
 
     def __init__(
@@ -190,7 +203,7 @@ class _PeriodicALS:
         *,
         factors: int = 64,
         regularization: float = 0.05,
-        alpha: float = 10.0,
+        alpha: float = 1.0,
         iterations: int = 15,
         fold_in: bool = False,
         seed: int = 0,
@@ -211,11 +224,10 @@ class _PeriodicALS:
         self._fit_items: dict[Hashable, int] = {}
         self._fit_item_ids: list[Hashable] = []
         self._fit_history_sizes: dict[Hashable, int] = {}
-        self._model: Any = None
         self._user_factors = np.zeros((0, factors), dtype=np.float32)
         self._item_factors = np.zeros((0, factors), dtype=np.float32)
         self._gram = np.zeros((factors, factors))
-        self._folded: dict[Hashable, tuple[int, npt.NDArray[np.float32] | None]] = {}
+        self._fold_ins: dict[Hashable, _FoldIn] = {}
 
     def __repr__(self) -> str:
         return (
@@ -230,6 +242,8 @@ class _PeriodicALS:
     ) -> None:
         self._popularity.learn_one(user, item, y)
         items = self._user_items.setdefault(user, {})
+        if item in items:
+            self._fold_ins.pop(user, None)  # a changed value: solve again from scratch
         items[item] = items.get(item, 0.0) + y
         self._events += 1
         if self._events % self.every == 0:
@@ -243,15 +257,15 @@ class _PeriodicALS:
         users = list(self._user_items)
         item_index: dict[Hashable, int] = {}
         rows: list[int] = []
-        cols: list[int] = []
+        columns: list[int] = []
         values: list[float] = []
         for row, user in enumerate(users):
             for item, value in self._user_items[user].items():
                 rows.append(row)
-                cols.append(item_index.setdefault(item, len(item_index)))
+                columns.append(item_index.setdefault(item, len(item_index)))
                 values.append(value)
         matrix = sparse.csr_matrix(
-            (np.asarray(values, dtype=np.float32), (rows, cols)),
+            (np.asarray(values, dtype=np.float32), (rows, columns)),
             shape=(len(users), len(item_index)),
         )
         # implicit warns (an error under pytest) unless BLAS runs single-threaded.
@@ -264,16 +278,16 @@ class _PeriodicALS:
                 random_state=self.seed,
             )
             model.fit(matrix, show_progress=False)
-        self._model = model
         self._user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self._item_factors = np.asarray(model.item_factors, dtype=np.float32)
         item_factors = self._item_factors.astype(np.float64)
         self._gram = item_factors.T @ item_factors
-        self._folded = {}
+        self._gram[np.diag_indices_from(self._gram)] += self.regularization
         self._fit_users = {user: row for row, user in enumerate(users)}
         self._fit_items = item_index
         self._fit_item_ids = list(item_index)
         self._fit_history_sizes = {user: len(self._user_items[user]) for user in users}
+        self._fold_ins = {}
         self.retrains += 1
         self.retrain_seconds += time.perf_counter() - started
 
@@ -282,33 +296,42 @@ class _PeriodicALS:
         history = self._user_items.get(user, {})
         if not self.fold_in or (row is not None and self._fit_history_sizes[user] == len(history)):
             return None if row is None else self._user_factors[row]
-        cached = self._folded.get(user)
-        if cached is not None and cached[0] == len(history):
-            return cached[1]
-        vector = self._fold_in(history)
-        self._folded[user] = (len(history), vector)
-        return vector
+        return self._fold_in(user, history)
 
-    def _fold_in(self, history: Mapping[Hashable, float]) -> npt.NDArray[np.float32] | None:
-        """The user's ALS vector against the fitted item factors (implicit's own equations)."""
-        known = [
-            (self._fit_items[item], value)
-            for item, value in history.items()
-            if item in self._fit_items
-        ]
-        if not known:
-            return None
-        columns = np.fromiter((column for column, _ in known), dtype=np.intp)
-        confidence = self.alpha * np.fromiter((value for _, value in known), dtype=np.float64)
-        items = self._item_factors[columns].astype(np.float64)
-        system = self._gram + (items.T * (confidence - 1.0)) @ items
-        system[np.diag_indices_from(system)] += self.regularization
-        return np.linalg.solve(system, items.T @ confidence).astype(np.float32)
+    def _fold_in(
+        self, user: Hashable, history: Mapping[Hashable, float]
+    ) -> npt.NDArray[np.float32] | None:
+        """The user's ALS vector for the current history, against the fitted item factors.
+
+        implicit solves ``(Y'Y + reg I + sum_i (c_i - 1) y_i y_i') x = sum_i c_i y_i`` with
+        confidence ``c_i = alpha * value_i`` over the user's items ``i``; the sums only
+        grow, so each new item costs one rank-one update.
+        """
+        state = self._fold_ins.get(user)
+        if state is None or state.fit != self.retrains:
+            state = _FoldIn(self.retrains, 0, np.zeros_like(self._gram), np.zeros(self.factors))
+            self._fold_ins[user] = state
+        if state.n_items == len(history) and (state.vector is not None or not history):
+            return state.vector
+        grew = False
+        for item, value in itertools.islice(history.items(), state.n_items, None):
+            column = self._fit_items.get(item)
+            if column is None:
+                continue
+            vector = self._item_factors[column].astype(np.float64)
+            confidence = self.alpha * value
+            state.lhs += (confidence - 1.0) * np.outer(vector, vector)
+            state.rhs += confidence * vector
+            grew = True
+        state.n_items = len(history)
+        if grew:
+            state.vector = np.linalg.solve(self._gram + state.lhs, state.rhs).astype(np.float32)
+        return state.vector
 
     def recommend(
         self, user: Hashable, k: int = 20, exclude: Collection[Hashable] = ()
     ) -> list[Hashable]:
-        vector = None if self._model is None else self._user_vector(user)
+        vector = self._user_vector(user) if self.retrains else None
         if vector is None:
             return self._popularity.recommend(user, k, exclude)
         scores = self._item_factors @ vector
@@ -425,7 +448,10 @@ def _progress_bar(total: int, enabled: bool) -> _Progress | None:
         tqdm = importlib.import_module("tqdm")
     except ImportError:
         return None
-    bar = tqdm.tqdm(total=total, unit="ev", file=sys.stderr, desc="eval", mininterval=0.5)
+    # disable=None: no bar when stderr is not a terminal (logs stay readable).
+    bar = tqdm.tqdm(
+        total=total, unit="ev", file=sys.stderr, desc="eval", mininterval=0.5, disable=None
+    )
     return _Progress(bar)
 
 
@@ -442,6 +468,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Run the comparison that ``args`` asks for and return the JSON-ready report."""
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be >= 1, got {args.limit}")
+    if args.warmup < 0:
+        raise EvalError(f"--warmup must be >= 0, got {args.warmup}")
     if args.movielens is not None:
         stream = _read_movielens(Path(args.movielens), args.limit)
     else:
@@ -456,6 +484,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             k=args.k,
             batch_size=args.batch_size,
             window=args.window,
+            warmup=args.warmup,
             progress=progress,
         )
     finally:
@@ -541,6 +570,13 @@ def add_eval_command(
         default=[],
         metavar="NAME=VALUE",
         help="hyperparameter of the reelfeed model (repeatable), e.g. negatives=8",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="learn the first N interactions without scoring them (e.g. a tuning split)",
     )
     parser.add_argument(
         "--window", type=_positive_int, default=2000, help="scored events per plot point"

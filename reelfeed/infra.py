@@ -62,6 +62,8 @@ class StackLayout:
     #: Monitoring of the stack; 0 means the stack runs without it.
     prometheus_port: int = 0
     alertmanager_port: int = 0
+    #: Whether the stack runs the simulated site (the dev stack does).
+    simulator: bool = False
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -73,7 +75,7 @@ class StackLayout:
 
 
 STACKS: Mapping[str, StackLayout] = {
-    "dev": StackLayout("dev", PROJECT_ROOT / "var" / "dev", 9092, 9093, 6379, 9090, 9095),
+    "dev": StackLayout("dev", PROJECT_ROOT / "var" / "dev", 9092, 9093, 6379, 9090, 9095, True),
     "test": StackLayout("test", PROJECT_ROOT / "var" / "test", 19092, 19093, 16379),
 }
 

@@ -85,6 +85,14 @@ class Settings:
     topic_partitions: int = 4
     server_host: str = "127.0.0.1"
     server_port: int = 8082
+    #: Server processes sharing the port (SO_REUSEPORT).
+    server_workers: int = 1
+    #: Hard limit, in seconds, on the Redis part of an answer before popularity answers.
+    server_deadline: float = 0.05
+    #: Bearer token of the admin endpoints (16+ characters); unset turns them off.
+    admin_token: str | None = None
+    #: Base URL of the course user API, for the segment popularity of unknown users.
+    user_api_url: str | None = None
     #: Address of the workers' Prometheus endpoints; a port of 0 turns one off.
     metrics_host: str = "127.0.0.1"
     ingest_metrics_port: int = 9201

@@ -10,10 +10,13 @@ from state.features import (
     WatchUpdate,
 )
 from state.keys import KeySchema
-from state.model_store import ItemMatrix, ModelStore, UserContext
+from state.model_store import Checkpoint, ItemMatrix, ModelStore, UserContext, user_row
+from state.registry import VersionRecord, VersionRegistry
+from state.routing import Routing, RoutingConflict, RoutingStore, canary_bucket, valid_version
 
 __all__ = [
     "ApplyResult",
+    "Checkpoint",
     "FeatureStore",
     "FeatureUpdate",
     "ItemMatrix",
@@ -22,6 +25,14 @@ __all__ = [
     "RatingUpdate",
     "RejectUpdate",
     "RequestUpdate",
+    "Routing",
+    "RoutingConflict",
+    "RoutingStore",
     "UserContext",
+    "VersionRecord",
+    "VersionRegistry",
     "WatchUpdate",
+    "canary_bucket",
+    "user_row",
+    "valid_version",
 ]

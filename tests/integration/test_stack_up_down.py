@@ -32,6 +32,7 @@ def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: P
         **os.environ,
         "REELFEED_INGEST_METRICS_PORT": str(free_port()),
         "REELFEED_LEARN_METRICS_PORT": str(free_port()),
+        "REELFEED_SERVER_PORT": str(free_port()),
     }
     settings = Settings.from_env(environ)
     status = stack_up(stack, settings, environ)

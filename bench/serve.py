@@ -1,0 +1,392 @@
+"""Serving benchmark: ``GET /recommend/<uid>`` under wrk, against a minimal aiohttp server.
+
+Puts 100k users (k=32 vectors, realistic watched sets) and a 27k-movie item matrix
+into the test stack's Redis under a unique prefix, starts the real server
+(``server.run_server``) and a minimal aiohttp app that answers a fixed 20-id line
+(same uvloop, no access log, same worker count), and drives each with wrk on loopback
+(64 connections, user ids spread over all users by a Lua script). Prints one JSON
+object: requests/s, p50 and p99 latency and CPU per request of both servers, the
+throughput ratio, for 1 and 2 workers (``SO_REUSEPORT``), plus the server's fallback
+and provenance counters and its latency at 4 connections (service time).
+
+Run: ``.venv/bin/python -m bench.serve [--seconds 10] [--workers 1 2] [--no-kafka]``.
+Everything runs on this machine, so wrk competes with the server for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+
+from reelfeed.infra import STACKS, KafkaBroker, RedisServer, create_topics
+from state import ItemMatrix, KeySchema, ModelStore, RoutingStore, user_row
+
+USERS = 100_000
+MOVIES = 27_000
+FACTORS = 32
+VERSION = "bench"
+LINE = ",".join(f"movie+{i}+{1990 + i % 30}" for i in range(20))
+
+_SERVER = """
+import logging, sys, orjson
+from server import ServerConfig, run_server
+logging.basicConfig(level="WARNING")
+sys.exit(run_server(ServerConfig(**orjson.loads(sys.argv[1])), workers=int(sys.argv[2])))
+"""
+
+# The baseline: the least an aiohttp server does per request, with the same setup.
+_BASELINE = """
+import multiprocessing, signal, sys, uvloop, asyncio
+from aiohttp import web
+LINE = sys.argv[3].encode()
+async def handler(request):
+    return web.Response(body=LINE, content_type="text/plain")
+async def serve(port, reuse):
+    app = web.Application()
+    app.router.add_get("/recommend/{user_id}", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse, backlog=1024).start()
+    stop = asyncio.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(s, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+def worker(port, reuse):
+    uvloop.run(serve(port, reuse))
+if __name__ == "__main__":
+    port, workers = int(sys.argv[1]), int(sys.argv[2])
+    if workers == 1:
+        worker(port, False)
+    else:
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=worker, args=(port, True)) for _ in range(workers)]
+        for p in procs: p.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        for p in procs: p.terminate()
+        for p in procs: p.join()
+"""
+
+_WRK_SCRIPT = """
+local users = %d
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/recommend/" .. ((counter * 7919) %% users + 1))
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "duration_s": %%.3f, "errors": %%d, "non_2xx": %%d, ' ..
+    '"p50_ms": %%.3f, "p90_ms": %%.3f, "p99_ms": %%.3f, "max_ms": %%.3f}\\n',
+    summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+
+
+async def _seed(client: aioredis.Redis, prefix: str) -> dict[str, int]:
+    keys = KeySchema(prefix)
+    store = ModelStore(client, keys, VERSION)
+    rng = np.random.default_rng(42)
+    # Factors with a taste structure: users and movies mix a few latent genres.
+    genres = rng.standard_normal((12, FACTORS)).astype(np.float32) * 0.6
+    movie_mix = rng.dirichlet(np.full(12, 0.3), MOVIES).astype(np.float32)
+    factors = movie_mix @ genres + rng.standard_normal((MOVIES, FACTORS)).astype(np.float32) * 0.1
+    popularity = rng.pareto(1.1, MOVIES).astype(np.float32)
+    biases = (0.3 * np.log1p(popularity)).astype(np.float32)
+    movie_ids = tuple(f"movie+{i}+{1950 + i % 70}" for i in range(MOVIES))
+    for start in range(0, USERS, 10_000):
+        users = range(start + 1, min(start + 10_000, USERS) + 1)
+        mix = rng.dirichlet(np.full(12, 0.3), len(users)).astype(np.float32)
+        vectors = mix @ genres + rng.standard_normal((len(users), FACTORS)).astype(np.float32) * 0.1
+        events = rng.geometric(1 / 40, len(users))
+        rows = {u: user_row(int(n), v) for u, n, v in zip(users, events, vectors, strict=True)}
+        await store.commit(rows, {}, {})
+    matrix = ItemMatrix(
+        movie_ids, factors, biases, 0, popularity, {"reelfeed.events:0": 1, "reelfeed.events:1": 1}
+    )
+    await store.publish_matrix(matrix)
+    # Watched sets (as the ingest worker keeps them), skewed to popular movies.
+    weights = popularity / popularity.sum()
+    watched_total = 0
+    for start in range(0, USERS, 2_000):
+        async with client.pipeline(transaction=False) as pipe:
+            for user in range(start + 1, min(start + 2_000, USERS) + 1):
+                count = int(rng.geometric(1 / 15))
+                movies = rng.choice(MOVIES, size=min(count, 300), p=weights)
+                pipe.hset(keys.watched(user), mapping={movie_ids[m]: 1 for m in movies})
+                watched_total += len(set(movies.tolist()))
+            await pipe.execute()
+    top = np.argsort(-popularity)[:2_000]
+    await client.zadd(keys.popularity(), {movie_ids[i]: float(popularity[i]) for i in top})
+    await RoutingStore(client, keys).set_live(VERSION)
+    return {"users": USERS, "movies": MOVIES, "factors": FACTORS, "watched": watched_total}
+
+
+async def _drop(client: aioredis.Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{prefix}:*", count=5_000):
+        batch.append(key)
+        if len(batch) >= 5_000:
+            await client.delete(*batch)
+            batch = []
+    if batch:
+        await client.delete(*batch)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        # Its own process group: stopping it stops the workers it started too.
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, needs_model: bool) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body = response.read()
+                if not needs_model or VERSION in orjson.loads(body).get("models", {}):
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
+
+
+def _wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str, float]:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "2s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/",
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in output.splitlines() if ln.startswith("{"))
+    result: dict[str, float] = orjson.loads(line)
+    result["requests_per_s"] = round(result["requests"] / result["duration_s"], 1)
+    return result
+
+
+def _check_answers(port: int) -> dict[str, object]:
+    import urllib.request
+
+    fallbacks = 0
+    for user in (1, 500, 99_999):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/recommend/{user}") as response:
+            items = response.read().decode().split(",")
+            assert len(items) == 20, items
+            fallbacks += response.headers.get("X-Fallback") is not None
+    return {"model_answers_checked": 3 - fallbacks}
+
+
+def _server_counters(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+        text = response.read().decode()
+    counters: dict[str, float] = {}
+    pattern = r'^reelfeed_server_(fallbacks|provenance_dropped)_total\{reason="(\w+)"\} (\S+)'
+    for kind, reason, value in re.findall(pattern, text, re.M):
+        if float(value):
+            counters[f"{kind}.{reason}"] = float(value)
+    sent = re.search(r"^reelfeed_server_provenance_sent_total (\S+)", text, re.M)
+    counters["provenance.sent"] = float(sent.group(1)) if sent else 0.0
+    requests = re.search(r'^reelfeed_server_requests_total\{status="200"\} (\S+)', text, re.M)
+    counters["requests"] = float(requests.group(1)) if requests else 0.0
+    return counters
+
+
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of every process in a process group."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(
+    label: str,
+    command: list[str],
+    port: int,
+    folder: Path,
+    seconds: float,
+    script: Path,
+    connections: int,
+    is_server: bool,
+) -> dict[str, object]:
+    log = folder / f"{label}.log"
+    with _process(command, log) as process:
+        ready = "readyz" if is_server else "recommend/1"
+        _wait_ready(f"http://127.0.0.1:{port}/{ready}", process, log, needs_model=is_server)
+        extra: dict[str, object] = _check_answers(port) if is_server else {}
+        _wrk(port, 2, script, connections)  # warm-up
+        cpu_before = _group_cpu_s(process.pid)
+        result: dict[str, object] = dict(_wrk(port, seconds, script, connections))
+        cpu_s = _group_cpu_s(process.pid) - cpu_before
+        # CPU per answer does not depend on what else runs on the machine; requests/s does.
+        result["cpu_us_per_request"] = round(cpu_s / float(result["requests"]) * 1e6, 1)  # type: ignore[arg-type]
+        if is_server:
+            extra["counters"] = _server_counters(port)
+            # Service time: with wrk's closed loop at 64 connections, mean latency is
+            # 64 / throughput (Little's law), so latency is also measured lightly loaded.
+            light = _wrk(port, max(2.0, seconds / 2), script, 4)
+            extra["light_load_4_connections"] = {
+                name: light[name] for name in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms")
+            }
+        result.update(extra)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-kafka", action="store_true", help="provenance to a closed port")
+    args = parser.parse_args(argv)
+
+    stack = STACKS["test"]
+    redis_server = RedisServer(stack, persist=False)
+    started_redis = redis_server.start()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    kafka = "none (closed port: records buffered, then dropped)"
+    bootstrap = f"127.0.0.1:{_free_port()}"
+    topic = f"{prefix}.recommendations"
+    if not args.no_kafka and KafkaBroker(stack, Path("/nonexistent")).process.pid() is not None:
+        create_topics(stack.kafka_bootstrap, {topic: 4})
+        bootstrap, kafka = stack.kafka_bootstrap, f"{stack.kafka_bootstrap} topic {topic}"
+
+    async def seed() -> dict[str, int]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await _seed(client, prefix)
+        finally:
+            await client.aclose()
+
+    async def drop() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await _drop(client, prefix)
+        finally:
+            await client.aclose()
+
+    report: dict[str, object] = {
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "kafka": kafka,
+    }
+    try:
+        seeding = time.monotonic()
+        report["data"] = asyncio.run(seed())
+        report["seed_seconds"] = round(time.monotonic() - seeding, 1)
+        with tempfile.TemporaryDirectory(prefix="reelfeed-bench-") as tmp:
+            folder = Path(tmp)
+            script = folder / "spread.lua"
+            script.write_text(_WRK_SCRIPT % USERS)
+            runs: dict[str, object] = {}
+            for workers in args.workers:
+                port = _free_port()
+                config = {
+                    "port": port,
+                    "redis_url": redis_server.url,
+                    "redis_prefix": prefix,
+                    "kafka_bootstrap": bootstrap,
+                    "recommendations_topic": topic,
+                }
+                server = _measure(
+                    f"server-{workers}",
+                    [sys.executable, "-c", _SERVER, orjson.dumps(config).decode(), str(workers)],
+                    port,
+                    folder,
+                    args.seconds,
+                    script,
+                    args.connections,
+                    is_server=True,
+                )
+                port = _free_port()
+                baseline = _measure(
+                    f"baseline-{workers}",
+                    [sys.executable, "-c", _BASELINE, str(port), str(workers), LINE],
+                    port,
+                    folder,
+                    args.seconds,
+                    script,
+                    args.connections,
+                    is_server=False,
+                )
+                ratio = float(server["requests_per_s"]) / float(baseline["requests_per_s"])  # type: ignore[arg-type]
+                runs[f"workers_{workers}"] = {
+                    "server": server,
+                    "baseline_fixed_line": baseline,
+                    "throughput_ratio": round(ratio, 3),
+                }
+                sys.stderr.write(
+                    f"{workers} worker(s): {orjson.dumps(runs[f'workers_{workers}']).decode()}\n"
+                )
+            report["runs"] = runs
+    finally:
+        asyncio.run(drop())
+        if started_redis:
+            redis_server.stop()
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Prometheus metrics of the server, per app (no global registry).
+
+Names follow the contract in ``docs/deploy.md`` (``reelfeed_server_*``). With several
+worker processes sharing the port, a scrape reaches one of them at random, so the
+metrics must be the sum over all workers: :func:`server.run_server` then gives every
+worker one folder for prometheus_client's multiprocess mode and each ``/metrics``
+answer aggregates the files of all workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["FALLBACK_REASONS", "LATENCY_BUCKETS", "ServerMetrics"]
+
+#: Fine buckets around the 50 ms deadline of the course contract (the alert's limit).
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+#: Why an answer came from popularity instead of the model.
+FALLBACK_REASONS: Final = (
+    "no_model",
+    "unknown_user",
+    "redis_timeout",
+    "redis_error",
+    "redis_unavailable",
+    "model_error",
+    "internal_error",
+)
+
+
+class ServerMetrics:
+    """The server's metrics and their exposition.
+
+    Parameters
+    ----------
+    multiprocess_dir
+        prometheus_client's multiprocess folder when several workers share the port
+        (the process must have been started with ``PROMETHEUS_MULTIPROC_DIR`` set to
+        it); ``None`` for one process.
+
+    Examples
+    --------
+    >>> metrics = ServerMetrics()
+    >>> metrics.fallback("no_model")
+    >>> b'reelfeed_server_fallbacks_total{reason="no_model"} 1.0' in metrics.exposition()
+    True
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            # prometheus_client leaves this constructor unannotated.
+            MultiProcessCollector(self.registry, str(multiprocess_dir))  # type: ignore[no-untyped-call]
+        # In multiprocess mode the values live in files; the collector reads them all.
+        into = None if multiprocess_dir is not None else self.registry
+        self.request_latency = Histogram(
+            "reelfeed_server_request_latency_seconds",
+            "Time from receiving GET /recommend/<uid> to the answer being ready.",
+            buckets=LATENCY_BUCKETS,
+            registry=into,
+        )
+        self.requests = Counter(
+            "reelfeed_server_requests",
+            "GET /recommend requests answered, by HTTP status.",
+            ["status"],
+            registry=into,
+        )
+        self.fallbacks = Counter(
+            "reelfeed_server_fallbacks",
+            "Answers from popularity instead of the model, by reason.",
+            ["reason"],
+            registry=into,
+        )
+        self.model_requests = Counter(
+            "reelfeed_server_model_requests",
+            "Answers by the model version the user was routed to.",
+            ["version"],
+            registry=into,
+        )
+        self.provenance_sent = Counter(
+            "reelfeed_server_provenance_sent",
+            "Provenance records delivered to Kafka.",
+            registry=into,
+        )
+        self.provenance_dropped = Counter(
+            "reelfeed_server_provenance_dropped",
+            "Provenance records lost: buffer full while Kafka was slow or down, or not delivered.",
+            ["reason"],
+            registry=into,
+        )
+        self.model_revision = Gauge(
+            "reelfeed_server_model_revision",
+            "Revision of the item matrix in memory, by model version.",
+            ["version"],
+            registry=into,
+            multiprocess_mode="max",
+        )
+        self.popularity_items = Gauge(
+            "reelfeed_server_popularity_items",
+            "Movies in the in-memory popularity list.",
+            registry=into,
+            multiprocess_mode="max",
+        )
+        self._ok = self.requests.labels("200")
+        self._bad = self.requests.labels("400")
+        self._fallbacks = {reason: self.fallbacks.labels(reason) for reason in FALLBACK_REASONS}
+        self._by_version: dict[str, Counter] = {}
+        for reason in ("buffer_full", "delivery"):
+            self.provenance_dropped.labels(reason)
+
+    def answered(self, latency_s: float, version: str | None) -> None:
+        """Count a 200 answer of /recommend."""
+        self.request_latency.observe(latency_s)
+        self._ok.inc()
+        name = version or "none"
+        child = self._by_version.get(name)
+        if child is None:
+            child = self._by_version[name] = self.model_requests.labels(name)
+        child.inc()
+
+    def rejected(self, latency_s: float) -> None:
+        """Count a 400 answer of /recommend (an invalid user id)."""
+        self.request_latency.observe(latency_s)
+        self._bad.inc()
+
+    def fallback(self, reason: str) -> None:
+        child = self._fallbacks.get(reason)
+        if child is None:
+            child = self._fallbacks[reason] = self.fallbacks.labels(reason)
+        child.inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

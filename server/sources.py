@@ -1,0 +1,99 @@
+"""What the server reads and changes, as Protocols, with their Redis implementations.
+
+Handlers and the refresher only see these Protocols, so unit tests pass fakes; the
+Redis classes are thin adapters over the ``state`` stores.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from state import (
+    FeatureStore,
+    ItemMatrix,
+    KeySchema,
+    ModelStore,
+    Routing,
+    RoutingStore,
+    UserContext,
+)
+
+__all__ = [
+    "ModelSource",
+    "PopularitySource",
+    "RedisModelSource",
+    "RoutingSource",
+    "redis_sources",
+]
+
+#: FeatureStore needs a half-life to write popularity; the server only reads it.
+_READ_ONLY_HALF_LIFE_S = 86_400.0
+
+
+class ModelSource(Protocol):
+    """Item matrices and user contexts of model versions."""
+
+    async def matrix_revision(self, version: str) -> int: ...
+
+    async def load_matrix(self, version: str, revision: int) -> ItemMatrix | None: ...
+
+    async def user_context(self, version: str | None, user_id: int) -> UserContext:
+        """The user's vector in ``version`` (``None`` without a version) and watched movies,
+        in one round trip."""
+        ...
+
+
+class PopularitySource(Protocol):
+    async def popular(self, count: int, genre: str | None = None) -> list[tuple[str, float]]: ...
+
+
+class RoutingSource(Protocol):
+    async def get(self) -> Routing: ...
+
+    async def set_live(self, version: str) -> Routing: ...
+
+    async def set_canary(self, version: str, share: float, salt: str | None = None) -> Routing: ...
+
+    async def clear_canary(self) -> Routing: ...
+
+    async def promote_canary(self) -> Routing: ...
+
+
+class RedisModelSource:
+    """Model versions in Redis, one ``ModelStore`` per version."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeySchema) -> None:
+        self._client = client
+        self._keys = keys
+        self._stores: dict[str, ModelStore] = {}
+        self._features = FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S)
+
+    def _store(self, version: str) -> ModelStore:
+        store = self._stores.get(version)
+        if store is None:
+            store = self._stores[version] = ModelStore(self._client, self._keys, version)
+        return store
+
+    async def matrix_revision(self, version: str) -> int:
+        return await self._store(version).matrix_revision()
+
+    async def load_matrix(self, version: str, revision: int) -> ItemMatrix | None:
+        return await self._store(version).load_matrix(revision)
+
+    async def user_context(self, version: str | None, user_id: int) -> UserContext:
+        if version is None:
+            return UserContext(None, frozenset(await self._features.watched(user_id)))
+        return await self._store(version).user_context(user_id)
+
+
+def redis_sources(
+    client: aioredis.Redis, keys: KeySchema
+) -> tuple[RedisModelSource, FeatureStore, RoutingStore]:
+    """The Redis implementations of the three sources, on one client."""
+    return (
+        RedisModelSource(client, keys),
+        FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S),
+        RoutingStore(client, keys),
+    )

@@ -1,0 +1,178 @@
+"""ModelScorer gives exactly RankingTable's lists, faster; PopularList and segments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from online_model.ranking import RankingTable, blend_weight, popularity_log_scores
+from server.popularity import SEGMENTS, PopularList, segment_of
+from server.scoring import ModelScorer, ScoringError
+from state import ItemMatrix
+
+
+def _matrix(n_items: int, k: int, seed: int, ties: bool, with_popularity: bool) -> ItemMatrix:
+    rng = np.random.default_rng(seed)
+    factors = rng.standard_normal((n_items, k)).astype(np.float32)
+    biases = (rng.standard_normal(n_items) * 0.3).astype(np.float32)
+    if ties:  # coarse values: many exactly equal scores
+        factors = np.round(factors).astype(np.float32)
+        biases = np.zeros(n_items, np.float32)
+    popularity = rng.pareto(1.2, n_items).astype(np.float32) if with_popularity else None
+    return ItemMatrix(tuple(f"m{i}" for i in range(n_items)), factors, biases, 1, popularity)
+
+
+def _assert_same_ranking(
+    got: list[str],
+    expected: list[object],
+    matrix: ItemMatrix,
+    vector: np.ndarray,
+    blend: np.ndarray,
+    watched: set[str],
+) -> None:
+    """``got`` is a top-k as good as ``expected``: equal, or different only between
+    items whose scores are equal to within float32 rounding."""
+    if got == expected:
+        return
+    scores = matrix.factors.astype(np.float64) @ vector.astype(np.float64)
+    scores += matrix.biases.astype(np.float64) + blend
+    index = {movie: i for i, movie in enumerate(matrix.movie_ids)}
+    assert len(got) == len(expected) and not set(got) & watched
+    tolerance = 1e-4 * (1 + np.abs(scores).max())
+    got_scores = scores[[index[m] for m in got]]
+    kth = scores[index[str(expected[-1])]]
+    assert (np.diff(got_scores) <= tolerance).all()  # best first
+    assert (got_scores >= kth - tolerance).all()  # nothing below the k-th
+    allowed = {m for m, i in index.items() if m not in watched and scores[i] > kth + tolerance}
+    assert allowed <= set(got)  # everything clearly above the k-th is in
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_items=st.integers(1, 3000),
+    k=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    ties=st.booleans(),
+    with_popularity=st.booleans(),
+    list_length=st.integers(0, 40),
+    watched_share=st.floats(0, 1),
+    weight=st.sampled_from([0.0, 0.5, 1.0]),
+    cold=st.sampled_from([0.0, 3.0]),
+    n_events=st.integers(0, 10**6),
+)
+def test_scorer_matches_ranking_table(
+    n_items: int,
+    k: int,
+    seed: int,
+    ties: bool,
+    with_popularity: bool,
+    list_length: int,
+    watched_share: float,
+    weight: float,
+    cold: float,
+    n_events: int,
+) -> None:
+    matrix = _matrix(n_items, k, seed, ties, with_popularity)
+    popularity = matrix.popularity if matrix.popularity is not None else np.zeros(n_items)
+    table = RankingTable(matrix.movie_ids, matrix.factors, matrix.biases, popularity, weight, cold)
+    scorer = ModelScorer("v", matrix, weight, cold)
+    rng = np.random.default_rng(seed + 1)
+    vector = rng.standard_normal(k).astype(np.float32)
+    if ties:
+        vector = np.round(vector).astype(np.float32)
+    watched = {m for m in matrix.movie_ids if rng.random() < watched_share} | {"not-a-movie"}
+    expected = table.recommend(vector, n_events, watched, list_length)
+    got = scorer.recommend(vector, frozenset(watched), list_length, n_events)
+    if ties:  # integer-valued products: every path computes the same floats
+        assert got == expected
+    blend = blend_weight(n_events, weight, cold) * popularity_log_scores(popularity).astype(float)
+    _assert_same_ranking(got, expected, matrix, vector, blend, watched)
+    # The scorer's buffers are reused: a second user is not affected by the first.
+    again = scorer.recommend(vector, frozenset(), list_length, 0)
+    blend = blend_weight(0, weight, cold) * popularity_log_scores(popularity).astype(float)
+    _assert_same_ranking(
+        again, table.recommend(vector, 0, (), list_length), matrix, vector, blend, set()
+    )
+
+
+def test_scorer_refuses_what_it_cannot_score() -> None:
+    matrix = _matrix(100, 4, 0, False, True)
+    scorer = ModelScorer("v", matrix)
+    with pytest.raises(ScoringError):
+        scorer.recommend(np.ones(5, np.float32), frozenset(), 20)
+    with pytest.raises(ScoringError):
+        scorer.recommend(np.array([1, np.nan, 0, 0], np.float32), frozenset(), 20)
+    broken = ItemMatrix(matrix.movie_ids, matrix.factors * np.inf, matrix.biases, 2)
+    with pytest.raises(ScoringError):
+        ModelScorer("v", broken)
+
+
+def test_popular_ids_follow_the_learners_popularity() -> None:
+    matrix = ItemMatrix(
+        ("a", "b", "c"),
+        np.zeros((3, 2), np.float32),
+        np.zeros(3, np.float32),
+        1,
+        np.array([1.0, 3.0, 1.0], np.float32),
+    )
+    assert ModelScorer("v", matrix).popular_ids(3) == ("b", "a", "c")
+
+
+def test_popular_list_skips_watched_and_listed() -> None:
+    popular = PopularList.of((f"p{i}" for i in range(30)), 20)
+    assert popular.line == ",".join(f"p{i}" for i in range(20)).encode()
+    assert popular.top(3, frozenset({"p0", "p2"}), {"p1"}) == ["p3", "p4", "p5"]
+    assert popular.top(0) == [] and PopularList.empty(20).top(5) == []
+
+
+def test_every_profile_has_one_segment() -> None:
+    assert len(SEGMENTS) == 12
+    for age in range(0, 120):
+        for gender in ("M", "F", "m", "f "):
+            assert segment_of(gender, age) in SEGMENTS
+    assert segment_of("", 30) is None and segment_of("M", -3) is None
+
+
+@pytest.mark.parametrize("cold", [0.0, 5.0])
+def test_most_of_a_realistic_catalog_is_pruned_and_lists_are_unchanged(cold: float) -> None:
+    # Tastes as mixtures of a few latent genres, Zipf-like popularity (as bench/serve.py).
+    rng = np.random.default_rng(3)
+    genres = rng.standard_normal((12, 32)) * 0.6
+    factors = rng.dirichlet(np.full(12, 0.3), 27_000) @ genres
+    factors += rng.standard_normal((27_000, 32)) * 0.1
+    popularity = rng.pareto(1.1, 27_000)
+    matrix = ItemMatrix(
+        tuple(f"m{i}" for i in range(27_000)),
+        factors.astype(np.float32),
+        (0.3 * np.log1p(popularity)).astype(np.float32),
+        1,
+        popularity.astype(np.float32),
+    )
+    assert matrix.popularity is not None
+    table = RankingTable(
+        matrix.movie_ids, matrix.factors, matrix.biases, matrix.popularity, 1.0, cold
+    )
+    scorer = ModelScorer("v", matrix, 1.0, cold)
+    pruned = 0
+    for user in range(50):
+        vector = rng.dirichlet(np.full(12, 0.3)) @ genres + rng.standard_normal(32) * 0.1
+        vector = vector.astype(np.float32)
+        watched = frozenset(f"m{i}" for i in rng.integers(0, 27_000, 200))
+        events = int(rng.integers(0, 100))
+        expected = table.recommend(vector, events, watched, 20)
+        assert scorer.recommend(vector, watched, 20, events) == expected, user
+        weight = blend_weight(events, 1.0, cold)
+        pruned += scorer._pruned_top(vector, weight, scorer.table.indices(watched), 20) is not None
+    assert pruned >= 45
+
+
+def test_pruning_gives_way_to_the_full_product_when_it_cannot_prune() -> None:
+    # Random high-dimensional factors and flat popularity: no block can be skipped.
+    matrix = _matrix(5_000, 32, 8, False, False)
+    table = RankingTable(matrix.movie_ids, matrix.factors, matrix.biases, np.zeros(5_000), 1.0)
+    scorer = ModelScorer("v", matrix, 1.0)
+    vector = np.random.default_rng(1).standard_normal(32).astype(np.float32)
+    assert scorer._pruned_top(vector, 1.0, scorer.table.indices(()), 20) is None
+    assert scorer.recommend(vector, frozenset(), 20) == table.recommend(vector, 0, (), 20)
