@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import importlib
 import itertools
 import re
 import sys
 import time
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -455,6 +456,22 @@ def _progress_bar(total: int, enabled: bool) -> _Progress | None:
     return _Progress(bar)
 
 
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread while replaying, when threadpoolctl is there (the eval extra).
+
+    Every product here is one user against the catalog: threads only add hand-offs, and
+    on a busy machine their spinning makes the timings of every model noisy.
+    """
+    try:
+        threadpoolctl = importlib.import_module("threadpoolctl")
+    except ImportError:
+        yield
+        return
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        yield
+
+
 def _model_details(candidate: Candidate) -> dict[str, Any]:
     details: dict[str, Any] = {"model": repr(candidate.model)}
     if isinstance(candidate.model, _PeriodicALS):
@@ -478,15 +495,16 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     progress = _progress_bar(len(stream.interactions), not args.no_progress)
     started = time.perf_counter()
     try:
-        report = prequential(
-            stream.interactions,
-            candidates,
-            k=args.k,
-            batch_size=args.batch_size,
-            window=args.window,
-            warmup=args.warmup,
-            progress=progress,
-        )
+        with _single_threaded_blas():
+            report = prequential(
+                stream.interactions,
+                candidates,
+                k=args.k,
+                batch_size=args.batch_size,
+                window=args.window,
+                warmup=args.warmup,
+                progress=progress,
+            )
     finally:
         if progress is not None:
             progress.bar.close()

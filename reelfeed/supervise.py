@@ -69,8 +69,12 @@ def _reelfeed_role(name: str, stack: StackLayout, url: str | None = None) -> Rol
 def stack_roles(stack: StackLayout, settings: Settings) -> list[Role]:
     """The roles of a stack, in start order (stopped in reverse)."""
     roles = [
-        _reelfeed_role("ingest", stack, f"http://127.0.0.1:{settings.ingest_metrics_port}/metrics")
+        _reelfeed_role("ingest", stack, f"http://127.0.0.1:{settings.ingest_metrics_port}/metrics"),
+        _reelfeed_role("learn", stack, f"http://127.0.0.1:{settings.learn_metrics_port}/metrics"),
+        _reelfeed_role("serve", stack, f"http://{settings.server_host}:{settings.server_port}"),
     ]
+    if stack.simulator:
+        roles.append(_reelfeed_role("sim", stack, "http://127.0.0.1:8080/sim/status"))
     ops = Path(__file__).resolve().parent.parent / "ops"
     prometheus = shutil.which("prometheus")
     if prometheus is not None and stack.prometheus_port:

@@ -38,7 +38,7 @@ def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: P
     status = stack_up(stack, settings, environ)
     try:
         roles = status["roles"]
-        assert isinstance(roles, dict) and "ingest" in roles, status
+        assert isinstance(roles, dict) and set(roles) == {"ingest", "learn", "serve"}, status
         pids = [role["pid"] for role in roles.values()]
         supervisor_pid = supervisor_process(stack).pid()
         assert supervisor_pid is not None and all(_alive(pid) for pid in pids)
