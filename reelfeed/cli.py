@@ -328,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name")
     versions.set_defaults(handler=cmd_versions)
 
+    from reelfeed.eval_cmd import add_eval_command
     from reelfeed.validate import add_validate_command
 
     add_validate_command(commands)
+    add_eval_command(commands)
 
     version = commands.add_parser("version", help="print versions as JSON")
     version.set_defaults(handler=cmd_version)
