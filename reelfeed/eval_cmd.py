@@ -17,12 +17,10 @@ import contextlib
 import csv
 import importlib
 import itertools
-import re
 import sys
 import time
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,52 +108,39 @@ def _read_movielens(path: Path, limit: int | None) -> _Stream:
     )
 
 
-_WATCH = re.compile(r"^GET /data/m/(?P<movie>[^/\s]+)/(?P<minute>\d+)\.mpg$")
-_RATE = re.compile(r"^GET /rate/(?P<movie>[^=\s]+)=(?P<rating>\d+)$")
-_FRACTION = re.compile(r"\.(\d{1,9})$")
-
-
-def _parse_time(text: str) -> float:
-    # fromisoformat takes at most 6 fractional digits; the stream has 3, 6 or 9.
-    fraction = _FRACTION.search(text)
-    if fraction:
-        text = text[: fraction.start()] + "." + fraction.group(1)[:6].ljust(6, "0")
-    return datetime.fromisoformat(text).timestamp()
-
-
 def _read_movielog(path: Path, limit: int | None, runtime_minutes: float) -> _Stream:
-    """Minimal movielog reading until the project's parser (``stream.parser``) is plugged in."""
+    """Raw course lines through the ingest worker's own parser and validators."""
+    from stream.events import RateEvent, Rejected, WatchEvent
+    from stream.parser import LineValidator
+
+    validator = LineValidator()
     interactions: list[Interaction] = []
     lines = skipped = 0
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
+    refused: dict[str, int] = {}
+    with path.open("rb") as handle:
+        for raw in handle:
             lines += 1
-            parts = line.rstrip("\r\n").split(",", 2)
-            if len(parts) != 3:
-                skipped += 1
-                continue
-            stamp, user_text, request = parts
-            try:
-                when = _parse_time(stamp.strip())
-                user = int(user_text)
-            except ValueError:
-                skipped += 1
-                continue
-            watch = _WATCH.match(request.strip())
-            if watch:
-                minute = int(watch.group("minute"))
-                share = min((minute + 1) / runtime_minutes, 1.0)
+            result = validator.validate(raw.rstrip(b"\r\n"))
+            if isinstance(result, WatchEvent):
+                share = min((result.minute + 1) / runtime_minutes, 1.0)
                 interactions.append(
-                    Interaction(when, user, watch.group("movie"), watched_share=share)
+                    Interaction(
+                        result.time_us / 1e6, result.user_id, result.movie_id, watched_share=share
+                    )
                 )
-                continue
-            rate = _RATE.match(request.strip())
-            if rate:
+            elif isinstance(result, RateEvent):
                 interactions.append(
-                    Interaction(when, user, rate.group("movie"), rating=float(rate.group("rating")))
+                    Interaction(
+                        result.time_us / 1e6,
+                        result.user_id,
+                        result.movie_id,
+                        rating=float(result.rating),
+                    )
                 )
-                continue
-            skipped += 1  # recommendation requests and anything unparsable
+            else:
+                skipped += 1  # recommendation requests and refused lines
+                if isinstance(result, Rejected):
+                    refused[result.reason.value] = refused.get(result.reason.value, 0) + 1
     interactions.sort(key=lambda interaction: interaction.time)
     total = len(interactions)
     if limit is not None:
@@ -167,6 +152,7 @@ def _read_movielog(path: Path, limit: int | None, runtime_minutes: float) -> _St
             "path": str(path),
             "lines": lines,
             "lines_skipped": skipped,
+            "lines_refused": refused,
             "interactions_in_file": total,
             "reading": f"watch line minute m = share (m+1)/{runtime_minutes:g} of the movie "
             "(runtime assumed); rate line = rating; sorted by time",
