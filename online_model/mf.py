@@ -264,6 +264,15 @@ class OnlineMF(Ranker):
             cold_start_events=self.cold_start_events,
         )
 
+    def mark_all_changed(self) -> None:
+        """Make the next :meth:`pop_changes` report every user and item.
+
+        A writer calls it after restoring the model from a snapshot, so that the stored
+        rows are replaced by the restored ones.
+        """
+        self._user_dirty[: self.n_users] = True
+        self._item_dirty[: self.n_items] = True
+
     def pop_changes(self) -> ModelDelta:
         """Rows that changed since the previous call (or since creation), then forget them."""
         user_rows = np.flatnonzero(self._user_dirty[: self.n_users])

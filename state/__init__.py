@@ -13,6 +13,7 @@ from state.keys import KeySchema
 from state.model_store import Checkpoint, ItemMatrix, ModelStore, UserContext, user_row
 from state.registry import VersionRecord, VersionRegistry
 from state.routing import Routing, RoutingConflict, RoutingStore, canary_bucket, valid_version
+from state.snapshots import LearnerRequest, SnapshotRecord, SnapshotStore
 
 __all__ = [
     "ApplyResult",
@@ -21,6 +22,7 @@ __all__ = [
     "FeatureUpdate",
     "ItemMatrix",
     "KeySchema",
+    "LearnerRequest",
     "ModelStore",
     "RatingUpdate",
     "RejectUpdate",
@@ -28,6 +30,8 @@ __all__ = [
     "Routing",
     "RoutingConflict",
     "RoutingStore",
+    "SnapshotRecord",
+    "SnapshotStore",
     "UserContext",
     "VersionRecord",
     "VersionRegistry",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,11 +265,20 @@ class ModelStore:
             pipe.get(self._keys.user_vector(self.version, user_id))
             pipe.hkeys(self._keys.watched(user_id))
             row, watched = await pipe.execute()
-        stored = _vector(row)
-        movies = frozenset(_text(m) for m in watched)
-        if stored is None or stored.shape[0] < 2:
-            return UserContext(None, movies)
-        return UserContext(stored[1:], movies, int(stored[0]))
+        return _context(row, watched)
+
+    async def user_contexts(self, user_ids: Sequence[int]) -> list[UserContext]:
+        """The contexts of several users (in order; repeats allowed), in one round trip:
+        one MGET of the vectors and one HKEYS per user, pipelined."""
+        if not user_ids:
+            return []
+        keys, version = self._keys, self.version
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.mget([keys.user_vector(version, user) for user in user_ids])
+            for user in user_ids:
+                pipe.hkeys(keys.watched(user))
+            rows, *watched = await pipe.execute()
+        return [_context(row, movies) for row, movies in zip(rows, watched, strict=True)]
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         header = orjson.dumps({"positions": checkpoint.positions, "created": checkpoint.created})
@@ -284,6 +293,14 @@ class ModelStore:
         (length,) = struct.unpack_from("<I", raw)
         header = orjson.loads(raw[4 : 4 + length])
         return Checkpoint(raw[4 + length :], dict(header["positions"]), float(header["created"]))
+
+
+def _context(row: bytes | str | None, watched: list[bytes | str]) -> UserContext:
+    stored = _vector(row)
+    movies = frozenset(map(_text, watched))
+    if stored is None or stored.shape[0] < 2:
+        return UserContext(None, movies)
+    return UserContext(stored[1:], movies, int(stored[0]))
 
 
 def _text(value: bytes | str) -> str:

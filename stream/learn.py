@@ -24,7 +24,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from online_model.mf import OnlineMF
-from state import KeySchema, ModelStore, RoutingStore, VersionRecord, VersionRegistry
+from state import (
+    KeySchema,
+    LearnerRequest,
+    ModelStore,
+    RoutingStore,
+    SnapshotStore,
+    VersionRecord,
+    VersionRegistry,
+)
 from stream import metrics
 from stream.catalog import Catalog
 from stream.feedback import WatchProgress
@@ -146,6 +154,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
         publish_interval_s=config.publish_interval_s,
         checkpoint_interval_s=config.checkpoint_interval_s,
     )
+    snapshots = SnapshotStore(client, keys)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=config.kafka_bootstrap,
         group_id=config.group_id,
@@ -159,12 +168,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     try:
         partitions = await _partitions(config.kafka_bootstrap, config.events_topic)
         consumer.assign(partitions)
-        for tp in partitions:
-            position = state.positions.get(f"{tp.topic}:{tp.partition}")
-            if position is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, position + 1)
+        await _seek(consumer, partitions, state)
         log.info(
             "learning %s from %s (%d partitions)",
             config.version,
@@ -186,6 +190,9 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
                     metrics.LEARN_CONSUMER_LAG.labels(config.version, str(tp.partition)).set(
                         max(highwater - position - 1, 0)
                     )
+            request = await snapshots.next_request(config.version)
+            if request is not None:
+                state = await _handle(request, config, store, processor, consumer, partitions)
             if loop.time() - last_commit >= config.commit_interval_s:
                 await _commit(consumer, state)
                 last_commit = loop.time()
@@ -198,6 +205,45 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
             await consumer.stop()
             await client.aclose()
     return state
+
+
+async def _seek(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], state: LearnerState
+) -> None:
+    """Position the consumer right after what the state has learned."""
+    for tp in partitions:
+        position = state.positions.get(f"{tp.topic}:{tp.partition}")
+        if position is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, position + 1)
+
+
+async def _handle(
+    request: LearnerRequest,
+    config: LearnConfig,
+    store: ModelStore,
+    processor: LearnProcessor,
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+) -> LearnerState:
+    """Carry out a request between two batches; return the (possibly new) state."""
+    if request.op == "checkpoint":
+        await processor.checkpoint()
+    elif request.op == "reload":
+        # A snapshot was restored into the version's checkpoint: learn on from there.
+        state = await restore_state(config, store)
+        processor.state = state
+        await _seek(consumer, partitions, state)
+        state.model.mark_all_changed()
+        await processor.process([])
+        await processor.tick(force=True)
+        log.info(
+            "%s reloaded from its checkpoint; replaying from %s", config.version, state.positions
+        )
+    else:
+        log.warning("unknown learner request %r ignored", request.op)
+    return processor.state
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:

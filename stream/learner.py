@@ -200,7 +200,7 @@ class LearnProcessor:
                 delta.user_ids, delta.user_event_counts, delta.user_vectors, strict=True
             )
         }
-        if rows or replayed + duplicates + undecodable < len(messages):
+        if rows or (messages and replayed + duplicates + undecodable < len(messages)):
             await self.writer.commit(rows, {}, dict(state.positions))
         if delta.item_ids:
             self._dirty_items = True

@@ -27,7 +27,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: Path) -> None:
-    stack = StackLayout("throwaway", tmp_path / "stack", 29092, 29093, 26379)
+    redis_port = free_port()
+    stack = StackLayout("throwaway", tmp_path / "stack", free_port(), free_port(), redis_port)
     environ = {
         **os.environ,
         "REELFEED_INGEST_METRICS_PORT": str(free_port()),
@@ -42,7 +43,7 @@ def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: P
         pids = [role["pid"] for role in roles.values()]
         supervisor_pid = supervisor_process(stack).pid()
         assert supervisor_pid is not None and all(_alive(pid) for pid in pids)
-        assert redis.Redis(port=26379).ping()
+        assert redis.Redis(port=redis_port).ping()
 
         # A role that dies is started again by the supervisor.
         os.kill(roles["ingest"]["pid"], 9)
