@@ -210,7 +210,10 @@ def _wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str,
         str(script),
         f"http://127.0.0.1:{port}/",
     ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"wrk failed ({run.returncode}): {run.stdout}{run.stderr}")
+    output = run.stdout
     line = next(ln for ln in output.splitlines() if ln.startswith("{"))
     result: dict[str, float] = orjson.loads(line)
     result["requests_per_s"] = round(result["requests"] / result["duration_s"], 1)

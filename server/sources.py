@@ -6,6 +6,7 @@ Redis classes are thin adapters over the ``state`` stores.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -62,13 +63,25 @@ class RoutingSource(Protocol):
 
 
 class RedisModelSource:
-    """Model versions in Redis, one ``ModelStore`` per version."""
+    """Model versions in Redis, one ``ModelStore`` per version.
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema) -> None:
+    Concurrent ``user_context`` calls of a version are coalesced: the calls made
+    within one pass of the event loop wait together for one pipelined round trip
+    (``ModelStore.user_contexts``). Nothing waits on a timer, so a lone request goes
+    out at once, while under load a round trip carries many users (measured with
+    ``bench.serve``: fewer syscalls, pool checkouts and tasks per answer).
+    """
+
+    def __init__(self, client: aioredis.Redis, keys: KeySchema, coalesce: bool = True) -> None:
         self._client = client
         self._keys = keys
         self._stores: dict[str, ModelStore] = {}
         self._features = FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S)
+        self._coalesce = coalesce
+        #: Users waiting for the next round trip, by version, with their futures.
+        self._pending: dict[str, list[tuple[int, asyncio.Future[UserContext]]]] = {}
+        #: Round trips in flight (referenced so that they are not collected).
+        self._fetches: set[asyncio.Task[None]] = set()
 
     def _store(self, version: str) -> ModelStore:
         store = self._stores.get(version)
@@ -85,7 +98,43 @@ class RedisModelSource:
     async def user_context(self, version: str | None, user_id: int) -> UserContext:
         if version is None:
             return UserContext(None, frozenset(await self._features.watched(user_id)))
-        return await self._store(version).user_context(user_id)
+        if not self._coalesce:
+            return await self._store(version).user_context(user_id)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[UserContext] = loop.create_future()
+        pending = self._pending.get(version)
+        if pending is None:
+            pending = self._pending[version] = []
+            loop.call_soon(self._flush, version)
+        pending.append((user_id, future))
+        return await future
+
+    def _flush(self, version: str) -> None:
+        batch = self._pending.pop(version, [])
+        waiting = [(user, future) for user, future in batch if not future.done()]
+        if not waiting:
+            return
+        task = asyncio.get_running_loop().create_task(self._fetch(version, waiting))
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(
+        self, version: str, batch: list[tuple[int, asyncio.Future[UserContext]]]
+    ) -> None:
+        try:
+            contexts = await self._store(version).user_contexts([user for user, _ in batch])
+        except asyncio.CancelledError:  # shutdown: its callers are cancelled too
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # each caller falls back on its own
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), context in zip(batch, contexts, strict=True):
+            if not future.done():
+                future.set_result(context)
 
 
 def redis_sources(
