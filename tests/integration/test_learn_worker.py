@@ -47,12 +47,21 @@ def events_of(sessions: int, seed: int) -> list[Event]:
     return [event for event in parsed if not isinstance(event, Rejected)]
 
 
-async def produce_events(bootstrap: str, topic: str, events: list[Event], duplicates: int) -> None:
-    """Events as ingest publishes them, then some of them again with the same source."""
+async def produce_events(
+    bootstrap: str, topic: str, events: list[Event], duplicates: int, first_offset: int = 0
+) -> None:
+    """Events as ingest publishes them, then some of them again with the same source.
+
+    ``first_offset`` is the raw-line offset of the first event: successive calls must
+    continue the source positions, or the learner rightly takes them for duplicates.
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
-        sent = [(event, f"movielog:0:{offset}".encode()) for offset, event in enumerate(events)]
+        sent = [
+            (event, f"movielog:0:{offset}".encode())
+            for offset, event in enumerate(events, start=first_offset)
+        ]
         again = random.Random(3).sample(sent, duplicates)
         for event, source in [*sent, *again]:
             await producer.send(
@@ -159,7 +168,9 @@ async def test_sigkill_then_restart_learns_what_an_uninterrupted_run_learns(
         await wait_until(until(lambda: _checkpoint_after(store, request.sent)), 30, first)
         # Learned and committed to Redis, but not in any checkpoint: the crash loses the
         # learner's memory of these, and the restart must learn them again, once.
-        await produce_events(kafka_bootstrap, topic, parts[1], duplicates=0)
+        await produce_events(
+            kafka_bootstrap, topic, parts[1], duplicates=0, first_offset=len(parts[0])
+        )
         learned_before_kill = len(parts[0]) + 20 + len(parts[1])
         await wait_until(until(lambda: learned_everything(store, learned_before_kill)), 90, first)
     finally:
@@ -168,7 +179,9 @@ async def test_sigkill_then_restart_learns_what_an_uninterrupted_run_learns(
     assert checkpoint is not None
     assert sum(o + 1 for o in checkpoint.positions.values()) == len(parts[0]) + 20
 
-    await produce_events(kafka_bootstrap, topic, parts[2], duplicates=0)
+    await produce_events(
+        kafka_bootstrap, topic, parts[2], duplicates=0, first_offset=2 * len(parts[0])
+    )
     second = WorkerProcess("learn", env, tmp_path, "second")
     second.start()
     try:
