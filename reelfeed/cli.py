@@ -36,16 +36,6 @@ def _print_json(value: object) -> None:
     sys.stdout.flush()
 
 
-def _stack_topics(settings: Settings) -> dict[str, int]:
-    partitions = settings.topic_partitions
-    return {
-        settings.raw_topic: partitions,
-        settings.events_topic: partitions,
-        settings.rejected_topic: 1,
-        settings.recommendations_topic: partitions,
-    }
-
-
 def _stack_settings(stack: StackLayout, settings: Settings) -> Settings:
     """Point the settings at a stack's own broker, Redis and folder."""
     return settings.replace(
@@ -62,7 +52,7 @@ def _infra_up(
     broker = KafkaBroker(stack, lib)
     redis_started = redis_server.start()
     kafka_started = broker.start()
-    created = create_topics(broker.bootstrap, _stack_topics(_stack_settings(stack, settings)))
+    created = create_topics(broker.bootstrap, _stack_settings(stack, settings).topics())
     return {
         "stack": stack.name,
         "kafka": {

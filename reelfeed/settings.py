@@ -149,6 +149,15 @@ class Settings:
                 raise SettingsError(f"{key}={raw!r}: {exc}") from None
         return cls(**values)
 
+    def topics(self) -> dict[str, int]:
+        """The stack's topics with their partition counts (refusals need no parallelism)."""
+        return {
+            self.raw_topic: self.topic_partitions,
+            self.events_topic: self.topic_partitions,
+            self.rejected_topic: 1,
+            self.recommendations_topic: self.topic_partitions,
+        }
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -198,16 +198,7 @@ class Supervisor:
         try:
             redis_server.start()
             broker.start()
-            settings = self.settings
-            create_topics(
-                broker.bootstrap,
-                {
-                    settings.raw_topic: settings.topic_partitions,
-                    settings.events_topic: settings.topic_partitions,
-                    settings.rejected_topic: 1,
-                    settings.recommendations_topic: settings.topic_partitions,
-                },
-            )
+            create_topics(broker.bootstrap, self.settings.topics())
             self._infra = {"kafka": broker.bootstrap, "redis": redis_server.url}
             env = self._role_env()
             for role in self.roles:

@@ -23,11 +23,15 @@ __all__ = ["ingest_config", "learn_config", "run_ingest_worker", "run_learn_work
 log = logging.getLogger(__name__)
 
 
+def _catalog(settings: Settings) -> Catalog:
+    if settings.catalog_path is None:
+        return Catalog()
+    catalog = load_catalog_csv(settings.catalog_path)
+    log.info("catalog: %d movies from %s", len(catalog), settings.catalog_path)
+    return catalog
+
+
 def ingest_config(settings: Settings) -> IngestConfig:
-    catalog = Catalog()
-    if settings.catalog_path is not None:
-        catalog = load_catalog_csv(settings.catalog_path)
-        log.info("catalog: %d movies from %s", len(catalog), settings.catalog_path)
     return IngestConfig(
         kafka_bootstrap=settings.kafka_bootstrap,
         redis_url=settings.redis_url,
@@ -43,7 +47,7 @@ def ingest_config(settings: Settings) -> IngestConfig:
         session_timeout_s=settings.kafka_session_timeout,
         popularity_half_life_s=settings.popularity_half_life,
         parse_context=ParseContext(max_user_id=settings.max_user_id),
-        catalog=catalog,
+        catalog=_catalog(settings),
     )
 
 
@@ -56,14 +60,7 @@ def _serve_metrics(settings: Settings, port: int) -> None:
 def run_ingest_worker(settings: Settings) -> None:
     config = ingest_config(settings)
     # Topics the app writes must exist: the broker does not create topics on first use.
-    create_topics(
-        settings.kafka_bootstrap,
-        {
-            config.raw_topic: settings.topic_partitions,
-            config.events_topic: settings.topic_partitions,
-            config.rejected_topic: 1,
-        },
-    )
+    create_topics(settings.kafka_bootstrap, settings.topics())
     _serve_metrics(settings, settings.ingest_metrics_port)
     app = create_app(config)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
@@ -71,9 +68,6 @@ def run_ingest_worker(settings: Settings) -> None:
 
 
 def learn_config(settings: Settings, environ: Mapping[str, str]) -> LearnConfig:
-    catalog = Catalog()
-    if settings.catalog_path is not None:
-        catalog = load_catalog_csv(settings.catalog_path)
     return LearnConfig(
         kafka_bootstrap=settings.kafka_bootstrap,
         redis_url=settings.redis_url,
@@ -84,7 +78,7 @@ def learn_config(settings: Settings, environ: Mapping[str, str]) -> LearnConfig:
         model_params=orjson.loads(settings.learn_params),
         publish_interval_s=settings.learn_publish_interval,
         checkpoint_interval_s=settings.learn_checkpoint_interval,
-        catalog=catalog,
+        catalog=_catalog(settings),
         code_sha=code_sha(environ),
         packages=package_versions(),
     )

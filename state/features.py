@@ -15,13 +15,15 @@ popularity set at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
 
+from state._replies import int_hash as _int_hash
+from state._replies import text as _text
 from state.keys import KeySchema
 
 __all__ = [
@@ -268,12 +270,3 @@ class FeatureStore:
 
 
 _ScoredMembers = list[tuple[bytes | str, float]]
-
-
-def _text(value: bytes | str) -> str:
-    # The client may or may not decode responses; accept both.
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _int_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[str, int]:
-    return {_text(name): int(value) for name, value in raw.items()}

@@ -26,6 +26,8 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
+from state._replies import int_hash
+from state._replies import text as _text
 from state.keys import KeySchema
 
 __all__ = ["Checkpoint", "ItemMatrix", "ModelStore", "UserContext", "user_row"]
@@ -212,7 +214,7 @@ class ModelStore:
 
     async def positions(self) -> dict[str, int]:
         raw = await self._client.hgetall(self._keys.model_positions(self.version))
-        return {_text(name): int(value) for name, value in raw.items()}
+        return int_hash(raw)
 
     async def users(self, user_ids: Iterable[int]) -> dict[int, np.ndarray]:
         """Stored vectors of the given users (absent ones are left out)."""
@@ -301,7 +303,3 @@ def _context(row: bytes | str | None, watched: list[bytes | str]) -> UserContext
     if stored is None or stored.shape[0] < 2:
         return UserContext(None, movies)
     return UserContext(stored[1:], movies, int(stored[0]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

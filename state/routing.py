@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from state._replies import text as _text
 from state.keys import KeySchema
 
 __all__ = ["Routing", "RoutingConflict", "RoutingStore", "canary_bucket", "valid_version"]
@@ -240,7 +241,3 @@ def _check_version(version: str) -> None:
         raise ValueError(
             f"version must be 1 to 64 letters, digits, '.', '_' or '-', got {version!r}"
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

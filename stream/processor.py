@@ -30,7 +30,7 @@ from state import (
     WatchUpdate,
 )
 from stream import metrics
-from stream.codec import encode_event, encode_rejected
+from stream.codec import encode_event, encode_rejected, event_key
 from stream.events import Event, RateEvent, RecommendationEvent, Rejected, WatchEvent
 
 __all__ = [
@@ -230,7 +230,7 @@ class IngestProcessor:
                 else:
                     events.append(
                         OutgoingEvent(
-                            key=str(result.user_id).encode(),
+                            key=event_key(result),
                             value=encode_event(result),
                             source=source_header(topic, partition, line.offset),
                         )
