@@ -38,12 +38,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from reelfeed.infra import (
-    STACKS,
     KafkaBroker,
     RedisServer,
     create_topics,
     default_cache_dir,
     resolve_kafka_jars,
+    testing_stack,
 )
 from tests.integration.workers import WorkerProcess, free_port, synthetic_stream, user_key
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="background before probing")
     args = parser.parse_args(argv)
 
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     redis_server = RedisServer(stack, persist=False)
     broker = KafkaBroker(stack, resolve_kafka_jars(default_cache_dir(os.environ)))
     started_redis = redis_server.start()

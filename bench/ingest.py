@@ -27,12 +27,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from reelfeed.infra import (
-    STACKS,
     KafkaBroker,
     RedisServer,
     create_topics,
     default_cache_dir,
     resolve_kafka_jars,
+    testing_stack,
 )
 from state import FeatureStore, KeySchema
 from stream.parser import LineValidator, ParseContext
@@ -46,7 +46,7 @@ from tests.integration.workers import (
 
 
 def _env(name: str, topic: str) -> dict[str, str]:
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     return {
         "REELFEED_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "REELFEED_REDIS_URL": stack.redis_url,
@@ -74,7 +74,7 @@ async def _throughput(sessions: int, folder: Path) -> dict[str, float | int]:
     parser_rate = len(lines) / (time.perf_counter() - started)
 
     name = f"bench{uuid.uuid4().hex[:8]}"
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     await asyncio.to_thread(
         create_topics,
         stack.kafka_bootstrap,
@@ -108,7 +108,7 @@ async def _throughput(sessions: int, folder: Path) -> dict[str, float | int]:
 
 async def _freshness(rate: float, seconds: float, folder: Path) -> dict[str, float | int]:
     name = f"bench{uuid.uuid4().hex[:8]}"
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     await asyncio.to_thread(
         create_topics, stack.kafka_bootstrap, {name: 1, f"{name}.events": 2, f"{name}.rejected": 1}
     )
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="lines/s for freshness")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     redis_server = RedisServer(stack, persist=False)
     broker = KafkaBroker(stack, resolve_kafka_jars(default_cache_dir(os.environ)))
     started = [redis_server.start(), broker.start()]

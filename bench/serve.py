@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from reelfeed.infra import STACKS, KafkaBroker, RedisServer, create_topics
+from reelfeed.infra import KafkaBroker, RedisServer, create_topics, testing_stack
 from state import ItemMatrix, KeySchema, ModelStore, RoutingStore, user_row
 
 USERS = 100_000
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-kafka", action="store_true", help="provenance to a closed port")
     args = parser.parse_args(argv)
 
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     redis_server = RedisServer(stack, persist=False)
     started_redis = redis_server.start()
     prefix = f"bench{uuid.uuid4().hex[:8]}"

@@ -28,7 +28,13 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from reelfeed.infra import STACKS, KafkaBroker, create_topics, default_cache_dir, resolve_kafka_jars
+from reelfeed.infra import (
+    KafkaBroker,
+    create_topics,
+    default_cache_dir,
+    resolve_kafka_jars,
+    testing_stack,
+)
 from sim.faults import FaultConfig, NoiseInjector
 from sim.simulation import KafkaSink, Simulation, SimulationConfig
 from sim.site import Site, SiteConfig
@@ -142,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    stack = STACKS["test"]
+    stack = testing_stack(os.environ)
     broker = KafkaBroker(stack, resolve_kafka_jars(default_cache_dir(os.environ)))
     started = broker.start()
     try:

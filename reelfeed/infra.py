@@ -80,6 +80,21 @@ STACKS: Mapping[str, StackLayout] = {
 }
 
 
+def testing_stack(environ: Mapping[str, str]) -> StackLayout:
+    """The test stack, moved by ``REELFEED_TEST_PORT_OFFSET`` so two suites can run at once."""
+    base = STACKS["test"]
+    offset = int(environ.get("REELFEED_TEST_PORT_OFFSET") or 0)
+    if offset == 0:
+        return base
+    return StackLayout(
+        f"test{offset}",
+        base.root.with_name(f"test-{offset}"),
+        base.kafka_port + offset,
+        base.controller_port + offset,
+        base.redis_port + offset,
+    )
+
+
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "reelfeed"

@@ -16,12 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from reelfeed.infra import (
-    STACKS,
     KafkaBroker,
     RedisServer,
     StackLayout,
     default_cache_dir,
     resolve_kafka_jars,
+    testing_stack,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,7 +37,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def test_stack() -> StackLayout:
-    return STACKS["test"]
+    return testing_stack(os.environ)
 
 
 @pytest.fixture(scope="session")
