@@ -199,6 +199,17 @@ def cmd_learn(args: argparse.Namespace, settings: Settings, environ: Mapping[str
     return 0
 
 
+def cmd_relay(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    from reelfeed.workers import run_relay_worker
+
+    if args.source is not None:
+        settings = settings.replace(relay_bootstrap=args.source)
+    if args.topic is not None:
+        settings = settings.replace(relay_topic=args.topic)
+    run_relay_worker(settings)
+    return 0
+
+
 def cmd_versions(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     import asyncio
     from dataclasses import asdict
@@ -298,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     learn = commands.add_parser("learn", help="run the learn worker of a model version")
     learn.add_argument("--var-dir", default=None, help="folder for Faust data (default: settings)")
     learn.set_defaults(handler=cmd_learn)
+
+    relay = commands.add_parser(
+        "relay", help="copy the site's movielog topic from its broker into the raw topic"
+    )
+    relay.add_argument(
+        "--source", default=None, help="the site's broker (REELFEED_RELAY_BOOTSTRAP)"
+    )
+    relay.add_argument("--topic", default=None, help="the site's topic (REELFEED_RELAY_TOPIC)")
+    relay.add_argument("--var-dir", default=None, help=argparse.SUPPRESS)
+    relay.set_defaults(handler=cmd_relay)
 
     serve = commands.add_parser("serve", help="run the recommendation server (port 8082)")
     serve.add_argument("--workers", type=int, default=None, help="processes sharing the port")

@@ -47,6 +47,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
 def _non_empty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("empty")
@@ -59,6 +66,9 @@ _CASTS: dict[type[Any] | str, Callable[[str], Any]] = {
     "str": _non_empty,
     "Path": Path,
 }
+
+#: Settings where 0 means "off" rather than being an error.
+_ZERO_MEANS_OFF = frozenset({"snapshot_interval"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +125,25 @@ class Settings:
     learn_publish_interval: float = 2.0
     #: Seconds between checkpoints of the learner's whole state.
     learn_checkpoint_interval: float = 60.0
+    #: Seconds between the periodic snapshots a learner takes of its version; 0: none.
+    snapshot_interval: float = 0.0
+    #: Periodic snapshots kept per version; older ones are deleted (manual ones never).
+    snapshot_keep: int = 24
     #: Half-life of the popularity decay, in seconds of event time.
     popularity_half_life: float = 86_400.0
     #: Largest user id accepted from the stream.
     max_user_id: int = 10_000_000
     #: Movie catalog CSV (course API fields: movie_id, runtime, genres); empty: none.
     catalog_path: Path | None = None
+    #: The site's broker and topic to relay into ``raw_topic`` (e.g. the course's
+    #: ``movielog<N>`` through an SSH tunnel); unset: no relay, and `reelfeed up` runs
+    #: the simulated site instead.
+    relay_bootstrap: str | None = None
+    relay_topic: str | None = None
+    relay_group: str = "reelfeed-relay"
+    #: Where a new relay group starts on the site's topic: earliest or latest.
+    relay_start: str = "earliest"
+    relay_metrics_port: int = 9203
     #: Folder for process state: Faust's data dir, pid files, logs.
     var_dir: Path = Path("var/dev")
     log_level: str = "INFO"
@@ -145,6 +168,8 @@ class Settings:
             cast = _CASTS[type_name.removesuffix(" | None")]
             if name.endswith("_port"):
                 cast = _port
+            elif name in _ZERO_MEANS_OFF:
+                cast = _non_negative_float
             try:
                 values[name] = cast(raw)
             except ValueError as exc:

@@ -73,7 +73,11 @@ def stack_roles(stack: StackLayout, settings: Settings) -> list[Role]:
         _reelfeed_role("learn", stack, f"http://127.0.0.1:{settings.learn_metrics_port}/metrics"),
         _reelfeed_role("serve", stack, f"http://{settings.server_host}:{settings.server_port}"),
     ]
-    if stack.simulator:
+    if settings.relay_bootstrap:
+        # A real site's stream: copy it in, and simulate nothing.
+        url = f"http://127.0.0.1:{settings.relay_metrics_port}/metrics"
+        roles.append(_reelfeed_role("relay", stack, url))
+    elif stack.simulator:
         roles.append(_reelfeed_role("sim", stack, "http://127.0.0.1:8080/sim/status"))
     ops = Path(__file__).resolve().parent.parent / "ops"
     prometheus = shutil.which("prometheus")

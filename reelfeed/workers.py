@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import Mapping
 
 import faust
@@ -11,14 +13,22 @@ from prometheus_client import start_http_server
 
 from reelfeed.buildinfo import code_sha, package_versions
 from reelfeed.infra import create_topics
-from reelfeed.settings import Settings
+from reelfeed.settings import Settings, SettingsError
 from stream.catalog import Catalog, load_catalog_csv
 from stream.ingest import IngestConfig, create_app
 from stream.learn import LearnConfig
 from stream.learn import create_app as create_learn_app
 from stream.parser import ParseContext
+from stream.relay import Relay, RelayConfig
 
-__all__ = ["ingest_config", "learn_config", "run_ingest_worker", "run_learn_worker"]
+__all__ = [
+    "ingest_config",
+    "learn_config",
+    "relay_config",
+    "run_ingest_worker",
+    "run_learn_worker",
+    "run_relay_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +101,43 @@ def run_learn_worker(settings: Settings, environ: Mapping[str, str]) -> None:
     app = create_learn_app(config)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()
+
+
+def relay_config(settings: Settings) -> RelayConfig:
+    if not settings.relay_bootstrap or not settings.relay_topic:
+        raise SettingsError("the relay needs REELFEED_RELAY_BOOTSTRAP and REELFEED_RELAY_TOPIC")
+    if settings.relay_start not in ("earliest", "latest"):
+        raise SettingsError(
+            f"REELFEED_RELAY_START={settings.relay_start!r}: must be earliest or latest"
+        )
+    return RelayConfig(
+        source_bootstrap=settings.relay_bootstrap,
+        source_topic=settings.relay_topic,
+        target_bootstrap=settings.kafka_bootstrap,
+        target_topic=settings.raw_topic,
+        group_id=settings.relay_group,
+        start="earliest" if settings.relay_start == "earliest" else "latest",
+    )
+
+
+def run_relay_worker(settings: Settings) -> None:
+    """Copy the site's topic into the raw topic until SIGTERM or SIGINT."""
+    config = relay_config(settings)
+    create_topics(settings.kafka_bootstrap, {settings.raw_topic: settings.topic_partitions})
+    _serve_metrics(settings, settings.relay_metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "relaying %s/%s -> %s/%s",
+            config.source_bootstrap,
+            config.source_topic,
+            config.target_bootstrap,
+            config.target_topic,
+        )
+        await Relay(config).run(stop)
+
+    asyncio.run(main())
