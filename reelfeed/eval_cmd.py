@@ -1,9 +1,10 @@
 """``reelfeed eval``: prequential comparison of recommenders on a recorded stream.
 
 Reads MovieLens ``ratings.csv`` (each rating is a watch of the whole movie plus a rating,
-sorted by timestamp) or a movielog file of raw course lines, replays it test-then-train
-over the chosen models (:mod:`online_model.evaluation` says exactly how), prints a JSON
-report and optionally writes it to a file, with a plot of the metrics along the stream.
+sorted by timestamp), or raw course lines from a movielog file or from a bounded range of
+a Kafka topic (sorted by the lines' own times), replays it test-then-train over the
+chosen models (:mod:`online_model.evaluation` says exactly how), prints a JSON report
+and optionally writes it to a file, with a plot of the metrics along the stream.
 
 The implicit-feedback ALS baseline, the plot and the progress bar need the ``eval``
 extra (``implicit``, ``matplotlib``, ``tqdm``); the other models need only the core.
@@ -13,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
+import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import importlib
 import itertools
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +48,9 @@ from online_model.popularity import DecayedPopularity, Popularity
 from online_model.ranking import top_k
 from online_model.river_reco import RiverRecommender
 from reelfeed.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.parser import LineValidator
 
 __all__ = ["DEFAULT_MODELS", "EvalError", "MODELS", "add_eval_command", "cmd_eval", "run_eval"]
 
@@ -108,56 +117,264 @@ def _read_movielens(path: Path, limit: int | None) -> _Stream:
     )
 
 
-def _read_movielog(path: Path, limit: int | None, runtime_minutes: float) -> _Stream:
-    """Raw course lines through the ingest worker's own parser and validators."""
-    from stream.events import RateEvent, Rejected, WatchEvent
+def _line_validator() -> LineValidator:
     from stream.parser import LineValidator
 
-    validator = LineValidator()
-    interactions: list[Interaction] = []
-    lines = skipped = 0
-    refused: dict[str, int] = {}
+    return LineValidator()
+
+
+@dataclass(slots=True)
+class _MovielogReading:
+    """Raw course lines through the ingest worker's own parser and validators."""
+
+    runtime_minutes: float
+    interactions: list[Interaction] = field(default_factory=list)
+    lines: int = 0
+    skipped: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    validator: LineValidator = field(default_factory=_line_validator)
+
+    def read(self, raw: bytes) -> None:
+        from stream.events import RateEvent, Rejected, WatchEvent
+
+        self.lines += 1
+        result = self.validator.validate(raw.rstrip(b"\r\n"))
+        if isinstance(result, WatchEvent):
+            share = min((result.minute + 1) / self.runtime_minutes, 1.0)
+            self.interactions.append(
+                Interaction(
+                    result.time_us / 1e6, result.user_id, result.movie_id, watched_share=share
+                )
+            )
+        elif isinstance(result, RateEvent):
+            self.interactions.append(
+                Interaction(
+                    result.time_us / 1e6,
+                    result.user_id,
+                    result.movie_id,
+                    rating=float(result.rating),
+                )
+            )
+        else:
+            self.skipped += 1  # recommendation requests and refused lines
+            if isinstance(result, Rejected):
+                self.refused[result.reason.value] = self.refused.get(result.reason.value, 0) + 1
+
+    def stream(self, limit: int | None, description: dict[str, Any]) -> _Stream:
+        # Stable: lines of the same time keep the order they were read in.
+        interactions = sorted(self.interactions, key=lambda interaction: interaction.time)
+        total = len(interactions)
+        if limit is not None:
+            interactions = interactions[:limit]
+        return _Stream(
+            interactions,
+            {
+                **description,
+                "lines": self.lines,
+                "lines_skipped": self.skipped,
+                "lines_refused": self.refused,
+                "interactions_in_source": total,
+                "reading": f"watch line minute m = share (m+1)/{self.runtime_minutes:g} of the "
+                "movie (runtime assumed); rate line = rating; sorted by time",
+            },
+        )
+
+
+def _read_movielog(path: Path, limit: int | None, runtime_minutes: float) -> _Stream:
+    reading = _MovielogReading(runtime_minutes)
     with path.open("rb") as handle:
         for raw in handle:
-            lines += 1
-            result = validator.validate(raw.rstrip(b"\r\n"))
-            if isinstance(result, WatchEvent):
-                share = min((result.minute + 1) / runtime_minutes, 1.0)
-                interactions.append(
-                    Interaction(
-                        result.time_us / 1e6, result.user_id, result.movie_id, watched_share=share
-                    )
-                )
-            elif isinstance(result, RateEvent):
-                interactions.append(
-                    Interaction(
-                        result.time_us / 1e6,
-                        result.user_id,
-                        result.movie_id,
-                        rating=float(result.rating),
-                    )
-                )
-            else:
-                skipped += 1  # recommendation requests and refused lines
-                if isinstance(result, Rejected):
-                    refused[result.reason.value] = refused.get(result.reason.value, 0) + 1
-    interactions.sort(key=lambda interaction: interaction.time)
-    total = len(interactions)
-    if limit is not None:
-        interactions = interactions[:limit]
-    return _Stream(
-        interactions,
-        {
-            "source": "movielog",
-            "path": str(path),
-            "lines": lines,
-            "lines_skipped": skipped,
-            "lines_refused": refused,
-            "interactions_in_file": total,
-            "reading": f"watch line minute m = share (m+1)/{runtime_minutes:g} of the movie "
-            "(runtime assumed); rate line = rating; sorted by time",
-        },
+            reading.read(raw)
+    return reading.stream(limit, {"source": "movielog", "path": str(path)})
+
+
+@dataclass(frozen=True, slots=True)
+class _KafkaRange:
+    """Which records of a topic to replay: per-partition bounds or broker timestamps.
+
+    Offsets map a partition to an offset, or ``None`` (every partition) to one offset;
+    ``from`` bounds are inclusive, ``to`` bounds exclusive, as Kafka's end offsets are.
+    Times are milliseconds since the epoch, compared with the records' timestamps.
+    """
+
+    bootstrap: str
+    topic: str
+    from_offsets: Mapping[int | None, int] | None = None
+    to_offsets: Mapping[int | None, int] | None = None
+    from_ms: int | None = None
+    to_ms: int | None = None
+    #: Give up when no record arrives for this long before the range is read.
+    idle_timeout_s: float = 30.0
+
+
+def _parse_offsets(flag: str, text: str) -> dict[int | None, int]:
+    """``"0:120,1:80"`` -> ``{0: 120, 1: 80}``; ``"500"`` -> ``{None: 500}``.
+
+    Examples
+    --------
+    >>> _parse_offsets("--from-offsets", "0:120, 1:80")
+    {0: 120, 1: 80}
+    >>> _parse_offsets("--to-offsets", "500")
+    {None: 500}
+    """
+    offsets: dict[int | None, int] = {}
+    try:
+        if ":" not in text:
+            offsets[None] = int(text)
+        else:
+            for pair in text.split(","):
+                partition, _, offset = pair.strip().partition(":")
+                offsets[int(partition)] = int(offset)
+    except ValueError as exc:
+        raise EvalError(f"{flag} takes OFFSET or PARTITION:OFFSET,..., got {text!r}") from exc
+    if any(value < 0 for value in offsets.values()) or any(
+        key is not None and key < 0 for key in offsets
+    ):
+        raise EvalError(f"{flag}: offsets and partitions must be >= 0, got {text!r}")
+    return offsets
+
+
+def _parse_time_ms(flag: str, text: str) -> int:
+    """Seconds since the epoch, or an ISO 8601 time (UTC unless it says otherwise), in ms.
+
+    Examples
+    --------
+    >>> _parse_time_ms("--from-time", "2023-10-25T07:00:00")
+    1698217200000
+    >>> _parse_time_ms("--to-time", "1698217200.5")
+    1698217200500
+    """
+    try:
+        return round(float(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise EvalError(f"{flag}: not an ISO 8601 time nor epoch seconds: {text!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)
+
+
+def _kafka_range(args: argparse.Namespace) -> _KafkaRange:
+    return _KafkaRange(
+        bootstrap=args.bootstrap,
+        topic=args.kafka_topic,
+        from_offsets=None
+        if args.from_offsets is None
+        else _parse_offsets("--from-offsets", args.from_offsets),
+        to_offsets=None
+        if args.to_offsets is None
+        else _parse_offsets("--to-offsets", args.to_offsets),
+        from_ms=None if args.from_time is None else _parse_time_ms("--from-time", args.from_time),
+        to_ms=None if args.to_time is None else _parse_time_ms("--to-time", args.to_time),
     )
+
+
+def _bound(offsets: Mapping[int | None, int] | None, partition: int) -> int | None:
+    if offsets is None:
+        return None
+    return offsets.get(partition, offsets.get(None))
+
+
+async def _kafka_partitions(bootstrap: str, topic: str) -> list[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if description.get("error_code") or not description.get("partitions"):
+        raise EvalError(f"topic {topic!r} cannot be read (error {description.get('error_code')})")
+    return sorted(int(p["partition"]) for p in description["partitions"])
+
+
+async def _read_kafka_range(source: _KafkaRange, reading: _MovielogReading) -> dict[str, Any]:
+    """Feed the range's records to ``reading``, partition by partition, in offset order.
+
+    The end of each partition is fixed before reading (the ``to`` bound, or the end offset
+    at start): lines produced meanwhile are not read, and the replay ends by itself.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    partitions = [
+        TopicPartition(source.topic, p)
+        for p in await _kafka_partitions(source.bootstrap, source.topic)
+    ]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=source.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        firsts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        by_from_time = by_to_time = {}
+        if source.from_ms is not None:
+            by_from_time = await consumer.offsets_for_times(
+                {tp: source.from_ms for tp in partitions}
+            )
+        if source.to_ms is not None:
+            by_to_time = await consumer.offsets_for_times({tp: source.to_ms for tp in partitions})
+        ranges: dict[Any, tuple[int, int]] = {}
+        for tp in partitions:
+            start, stop = firsts[tp], ends[tp]
+            if source.from_ms is not None:
+                found = by_from_time.get(tp)
+                start = stop if found is None else max(start, found.offset)
+            if source.to_ms is not None:
+                found = by_to_time.get(tp)
+                stop = stop if found is None else min(stop, found.offset)
+            start = max(start, _bound(source.from_offsets, tp.partition) or 0)
+            to_offset = _bound(source.to_offsets, tp.partition)
+            if to_offset is not None:
+                stop = min(stop, to_offset)
+            ranges[tp] = (start, max(start, stop))
+        values: dict[int, list[bytes]] = {tp.partition: [] for tp in partitions}
+        assigned = pending = [tp for tp in partitions if ranges[tp][0] < ranges[tp][1]]
+        if assigned:
+            consumer.assign(assigned)
+            for tp in assigned:
+                consumer.seek(tp, ranges[tp][0])
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=int(source.idle_timeout_s * 1000))
+            if not batch:
+                raise EvalError(
+                    f"no record of {source.topic} came within {source.idle_timeout_s:g} s; "
+                    f"still to read: {[(tp.partition, ranges[tp]) for tp in pending]}"
+                )
+            for tp, records in batch.items():
+                stop = ranges[tp][1]
+                values[tp.partition].extend(
+                    record.value or b"" for record in records if record.offset < stop
+                )
+            # Positions, not record counts: transaction markers and compaction leave gaps.
+            pending = [tp for tp in pending if await consumer.position(tp) < ranges[tp][1]]
+            consumer.pause(*(tp for tp in assigned if tp not in pending))
+    finally:
+        await consumer.stop()
+    for partition in sorted(values):
+        for value in values[partition]:
+            reading.read(value)
+    return {
+        "source": "kafka",
+        "bootstrap": source.bootstrap,
+        "topic": source.topic,
+        "offsets": {str(tp.partition): list(ranges[tp]) for tp in partitions},
+        "records": sum(len(partition) for partition in values.values()),
+        "order": "by the lines' own times; equal times by partition, then offset",
+    }
+
+
+def _read_kafka(source: _KafkaRange, limit: int | None, runtime_minutes: float) -> _Stream:
+    reading = _MovielogReading(runtime_minutes)
+    description = asyncio.run(_read_kafka_range(source, reading))
+    return reading.stream(limit, description)
 
 
 # ---------------------------------------------------------------------------- ALS baseline
@@ -366,14 +583,18 @@ def _river_biasedmf(seed: int) -> RiverRecommender:
     )
 
 
-def _candidates(args: argparse.Namespace) -> list[Candidate]:
-    names = [name.strip() for name in args.models.split(",") if name.strip()]
+def _model_names(models: str) -> list[str]:
+    names = list(dict.fromkeys(name.strip() for name in models.split(",") if name.strip()))
     unknown = sorted(set(names) - set(MODELS))
     if unknown or not names:
         raise EvalError(f"--models: unknown {unknown or names}; choose from {', '.join(MODELS)}")
+    return names
+
+
+def _candidates(args: argparse.Namespace, names: Sequence[str]) -> list[Candidate]:
     params = _parse_params(args.param)
     candidates: list[Candidate] = []
-    for name in dict.fromkeys(names):
+    for name in names:
         if name == "popularity":
             candidates.append(Candidate(name, Popularity(), watch_count_target))
         elif name == "decayed-popularity":
@@ -467,33 +688,76 @@ def _model_details(candidate: Candidate) -> dict[str, Any]:
     return details
 
 
+def _replay(
+    interactions: Sequence[Interaction],
+    args: argparse.Namespace,
+    names: Sequence[str],
+    progress: _Progress | None = None,
+) -> tuple[PrequentialReport, dict[str, dict[str, Any]]]:
+    """Replay ``interactions`` over the models ``names`` (the unit of work of one job)."""
+    candidates = _candidates(args, names)
+    with _single_threaded_blas():
+        report = prequential(
+            interactions,
+            candidates,
+            k=args.k,
+            batch_size=args.batch_size,
+            window=args.window,
+            warmup=args.warmup,
+            progress=progress,
+        )
+    return report, {candidate.name: _model_details(candidate) for candidate in candidates}
+
+
+def _replay_in_jobs(
+    interactions: Sequence[Interaction], args: argparse.Namespace, names: Sequence[str]
+) -> tuple[PrequentialReport, dict[str, dict[str, Any]]]:
+    """The models split over ``args.jobs`` processes, the reports merged in ``names`` order.
+
+    Each model's replay depends only on the stream, never on the other models, so the
+    figures are those of a single replay; only the timings feel the other jobs.
+    """
+    shares = [list(names[job :: args.jobs]) for job in range(min(args.jobs, len(names)))]
+    # spawn: a fork of a process with threads (pytest, asyncio) can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        futures = [pool.submit(_replay, interactions, args, share) for share in shares]
+        parts = [future.result() for future in futures]
+    scores = {score.name: score for report, _ in parts for score in report.models}
+    details = {name: figures for _, part in parts for name, figures in part.items()}
+    report = dataclasses.replace(parts[0][0], models=tuple(scores[name] for name in names))
+    return report, details
+
+
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Run the comparison that ``args`` asks for and return the JSON-ready report."""
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be >= 1, got {args.limit}")
     if args.warmup < 0:
         raise EvalError(f"--warmup must be >= 0, got {args.warmup}")
+    range_flags = (args.from_offsets, args.to_offsets, args.from_time, args.to_time)
+    if args.kafka_topic is None and any(flag is not None for flag in range_flags):
+        raise EvalError("--from-offsets/--to-offsets/--from-time/--to-time need --kafka-topic")
+    if args.kafka_topic is not None and not args.bootstrap:
+        raise EvalError("--kafka-topic needs --bootstrap HOST:PORT")
+    names = _model_names(args.models)
+    _candidates(args, names)  # bad names and parameters fail before the stream is read
     if args.movielens is not None:
         stream = _read_movielens(Path(args.movielens), args.limit)
-    else:
+    elif args.movielog is not None:
         stream = _read_movielog(Path(args.movielog), args.limit, args.runtime_minutes)
-    candidates = _candidates(args)
-    progress = _progress_bar(len(stream.interactions), not args.no_progress)
+    else:
+        stream = _read_kafka(_kafka_range(args), args.limit, args.runtime_minutes)
     started = time.perf_counter()
-    try:
-        with _single_threaded_blas():
-            report = prequential(
-                stream.interactions,
-                candidates,
-                k=args.k,
-                batch_size=args.batch_size,
-                window=args.window,
-                warmup=args.warmup,
-                progress=progress,
-            )
-    finally:
-        if progress is not None:
-            progress.bar.close()
+    if args.jobs > 1 and len(names) > 1:
+        report, details = _replay_in_jobs(stream.interactions, args, names)
+    else:
+        progress = _progress_bar(len(stream.interactions), not args.no_progress)
+        try:
+            report, details = _replay(stream.interactions, args, names, progress)
+        finally:
+            if progress is not None:
+                progress.bar.close()
     seconds = time.perf_counter() - started
     result = report.to_dict()
     if stream.interactions:
@@ -502,9 +766,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     stream.description["limit"] = args.limit
     result["data"] = stream.description
     result["seed"] = args.seed
+    result["jobs"] = min(args.jobs, len(names))
     result["replay_seconds"] = round(seconds, 1)
-    for candidate in candidates:
-        result["models"][candidate.name].update(_model_details(candidate))
+    for name, figures in details.items():
+        result["models"][name].update(figures)
     if args.plot is not None:
         _plot(report, Path(args.plot), stream.description["source"])
         result["plot"] = str(args.plot)
@@ -513,6 +778,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
     """Handler of ``reelfeed eval``: print the report as JSON (and write ``--json``)."""
+    if args.kafka_topic is not None and args.bootstrap is None:
+        args.bootstrap = settings.kafka_bootstrap
     try:
         result = run_eval(args)
     except (EvalError, OSError) as exc:
@@ -541,13 +808,32 @@ def add_eval_command(
     """Register ``eval`` on the ``reelfeed`` command line; its handler is :func:`cmd_eval`."""
     parser = subparsers.add_parser(
         "eval",
-        help="prequential comparison of recommenders on MovieLens or a movielog file",
+        help="prequential comparison of recommenders on MovieLens, a movielog file or topic",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--movielens", metavar="PATH", help="MovieLens ratings.csv")
     source.add_argument("--movielog", metavar="PATH", help="file of raw movielog lines")
+    source.add_argument(
+        "--kafka-topic", metavar="TOPIC", help="Kafka topic of raw movielog lines (a range of it)"
+    )
+    kafka = parser.add_argument_group(
+        "Kafka range",
+        "With --kafka-topic: every partition from --from-* (default: its beginning) up to "
+        "--to-* (default: its end when the command starts), then the replay stops. Offsets "
+        "are OFFSET (every partition) or PARTITION:OFFSET,...; --to-offsets is exclusive. "
+        "Times (ISO 8601, UTC unless stated, or epoch seconds) select by the records' "
+        "Kafka timestamps, --to-time exclusive. Lines are replayed in the order of their "
+        "own times across partitions.",
+    )
+    kafka.add_argument(
+        "--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap (default: the settings')"
+    )
+    kafka.add_argument("--from-offsets", metavar="OFFSETS")
+    kafka.add_argument("--to-offsets", metavar="OFFSETS")
+    kafka.add_argument("--from-time", metavar="TIME")
+    kafka.add_argument("--to-time", metavar="TIME")
     parser.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
@@ -590,6 +876,12 @@ def add_eval_command(
         type=float,
         default=100.0,
         help="movielog: assumed movie length for the watched share (default %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="replay the models in N processes (same figures; no progress bar) (default 1)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(handler=cmd_eval)

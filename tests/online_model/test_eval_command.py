@@ -32,6 +32,31 @@ def test_flags_are_registered() -> None:
     assert args.handler is cmd_eval
     with pytest.raises(SystemExit):
         _parse("--movielens", "a", "--movielog", "b")
+    with pytest.raises(SystemExit):
+        _parse("--movielog", "a", "--kafka-topic", "b")
+    kafka = _parse("--kafka-topic", "movielog7", "--from-offsets", "0:5", "--to-time", "1700000000")
+    assert (kafka.kafka_topic, kafka.from_offsets, kafka.to_time) == (
+        "movielog7",
+        "0:5",
+        "1700000000",
+    )
+    assert kafka.bootstrap is None and kafka.jobs == 1
+
+
+def test_models_in_parallel_jobs_score_as_in_one_replay(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("--movielens", str(shared_data / RATINGS), "--limit", "3000", "--no-progress")
+    models = ("--models", "popularity,reelfeed,decayed-popularity")
+    _, alone, _ = _run(capsys, *argv, *models)
+    _, in_jobs, _ = _run(capsys, *argv, *models, "--jobs", "2")
+    assert (alone["jobs"], in_jobs["jobs"]) == (1, 2)
+    alone_models, jobs_models = alone["models"], in_jobs["models"]
+    assert isinstance(alone_models, dict) and isinstance(jobs_models, dict)
+    assert list(jobs_models) == ["popularity", "reelfeed", "decayed-popularity"]
+    figures = ("recall", "ndcg", "coverage", "recommended_items", "model")
+    for name, model in alone_models.items():
+        assert {f: model[f] for f in figures} == {f: jobs_models[name][f] for f in figures}
 
 
 def test_core_models_on_the_first_movielens_ratings(
@@ -114,7 +139,7 @@ def test_a_movielog_file_of_raw_course_lines(
     data = report["data"]
     assert isinstance(data, dict)
     assert data["source"] == "movielog" and data["lines_skipped"] >= 1
-    assert report["events"] == data["interactions_in_file"] > 0
+    assert report["events"] == data["interactions_in_source"] > 0
 
 
 def test_bad_requests_fail_with_a_message(
