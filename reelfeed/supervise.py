@@ -117,6 +117,23 @@ def stack_roles(stack: StackLayout, settings: Settings) -> list[Role]:
     return roles
 
 
+def simulated_catalog(folder: Path) -> Path:
+    """The simulator's catalog as a CSV, for the workers' runtimes and genres.
+
+    The world is the one ``python -m sim`` builds with its default arguments (the sim
+    role's), so the workers know the same movies the simulated site streams.
+    """
+    from sim.world import World, WorldConfig
+
+    path = folder / "catalog.csv"
+    if not path.exists():
+        world = World.build(WorldConfig(catalog="course", movies=27_000, users=1_000_000, seed=0))
+        partial = path.with_suffix(".partial")
+        world.write_catalog(partial)
+        partial.replace(path)
+    return path
+
+
 def supervisor_process(stack: StackLayout) -> ManagedProcess:
     return ManagedProcess("supervisor", stack.root, "supervise", str(stack.root.resolve()))
 
@@ -164,6 +181,9 @@ class Supervisor:
                 "REELFEED_REDIS_URL": self.stack.redis_url,
             }
         )
+        simulated = self.stack.simulator and not self.settings.relay_bootstrap
+        if simulated and self.settings.catalog_path is None:
+            env["REELFEED_CATALOG_PATH"] = str(simulated_catalog(self.stack.root))
         return env
 
     def _write_status(self, state: str) -> None:

@@ -637,18 +637,31 @@ class Site:
         return fresh[int(matches.argmax())]
 
     def _watch_length(self, user_id: int, movie: int) -> int:
-        """Minutes watched: the whole runtime, or less when a poor match makes one quit."""
+        """Minutes watched: the whole runtime, or less when a poor match makes one quit.
+
+        The chance of quitting each minute falls with the movie's standing among the
+        user's matches (see ``World.standing``): a 100-minute movie in the user's top
+        twentieth is finished about four times in five, one at the median about one time
+        in eight. (A hazard of the absolute match, which is low for most movies, quit
+        almost everything within minutes: fewer than 6% of watches went past 90%. Now,
+        served popular lists, about half of them do.)
+        """
         runtime = self.world.movies[movie].runtime
-        match = self.world.match_one(user_id, movie)
-        hazard = 0.08 * (1.0 - match) ** 2
+        standing = self.world.standing(user_id, movie)
+        hazard = 0.04 * (1.0 - standing)
         if hazard <= 0:
             return runtime
         quit_after = 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - hazard))
         return max(1, min(runtime, quit_after))
 
     def _rating(self, user_id: int, movie: int, fraction: float) -> int:
-        match = self.world.match_one(user_id, movie)
-        value = 1.0 + 4.0 * match + self._rng.gauss(0.0, 0.6) - (1.0 - fraction)
+        """1-5 stars: the movie's standing for the user, noisy, less when quit early.
+
+        Stars follow the standing rather than the absolute match, which is low for most
+        movies and made two ratings in three 1-star; real streams rate mostly 3-4.
+        """
+        standing = self.world.standing(user_id, movie)
+        value = 0.5 + 4.0 * standing + self._rng.gauss(0.0, 0.6) - (1.0 - fraction)
         return max(1, min(5, int(round(value))))
 
     # -- the state machine ---------------------------------------------------------------------

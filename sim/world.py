@@ -903,6 +903,17 @@ class World:
         logits: FloatArray = np.einsum("ij,j->i", self.features, self.taste(user_id).weights)
         return _sigmoid(logits)
 
+    def standing(self, user_id: int, movie: int) -> float:
+        """Share of the catalog that the user matches less than ``movie``, in ``[0, 1]``.
+
+        Users judge a movie against what else they could watch: whether they stay to the
+        end and how they rate it depends on this standing, not on the absolute match (which
+        a user's bias shifts for every movie alike).
+        """
+        logits = np.einsum("ij,j->i", self.features, self.taste(user_id).weights)
+        below = int(np.count_nonzero(logits < logits[movie]))
+        return below / max(len(self.movies) - 1, 1)
+
     def best_movies(
         self,
         user_id: int,

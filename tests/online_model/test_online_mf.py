@@ -35,6 +35,7 @@ def _stream(seed: int, n_events: int = 1500) -> list[tuple[int, str, float]]:
         ("popularity_half_life", 0.0),
         ("popularity_weight", -1.0),
         ("cold_start_events", -1.0),
+        ("genre_scale", 0.0),
     ],
 )
 def test_a_bad_hyperparameter_is_named(name: str, value: float) -> None:
@@ -205,3 +206,81 @@ def test_feedback_weights_are_a_hyperparameter() -> None:
     assert model.feedback is weights
     assert model.feedback.weight(watched_share=0.5, rating=5) == 2.0
     assert pickle.loads(pickle.dumps(model)).feedback == weights
+
+
+# ---------------------------------------------------------------------- genre side features
+
+_GENRES = {f"m{i}": ("Drama",) if i % 2 else ("Comedy", "Horror") for i in range(60)}
+
+
+def _genre_stream(seed: int, n_events: int = 2000) -> list[tuple[int, str, float]]:
+    """Users 0-19 watch dramas (odd movies), users 20-39 comedies (even ones)."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for _ in range(n_events):
+        user = int(rng.integers(40))
+        movie = 2 * int(rng.integers(30)) + (1 if user < 20 else 0)
+        events.append((user, f"m{movie}", 1.0))
+    return events
+
+
+def test_genre_columns_are_fixed_item_features_and_learned_user_affinities() -> None:
+    model = OnlineMF(n_factors=4, negatives=4, item_genres=_GENRES, genre_scale=2.0, seed=0)
+    assert model.genres == ("Comedy", "Drama", "Horror")
+    assert model.n_dimensions == 7
+    for user, item, y in _genre_stream(0, 300):
+        model.learn_one(user, item, y)
+    model.learn_one(99, "unlisted", 1.0)
+    rows = {item: row for row, item in enumerate(model.item_ids)}
+    genre_part = model.item_matrix[:, 4:]
+    np.testing.assert_allclose(genre_part[rows["m1"]], [0.0, 2.0, 0.0])
+    np.testing.assert_allclose(genre_part[rows["m2"]], [math.sqrt(2.0), 0.0, math.sqrt(2.0)])
+    np.testing.assert_array_equal(genre_part[rows["unlisted"]], [0.0, 0.0, 0.0])
+    # The learned part moved and stays capped; the genre part is what it was.
+    assert np.linalg.norm(model.item_matrix[:, :4], axis=1).max() <= model.max_norm + 1e-4
+    vector = model.user_vector(99)
+    assert vector is not None and vector.shape == (7,)
+    assert model.ranking_table().item_matrix.shape == (model.n_items, 7)
+
+
+def test_a_new_user_starts_without_genre_preference_and_learns_one_from_a_watch() -> None:
+    model = OnlineMF(n_factors=4, negatives=4, item_genres=_GENRES, seed=1)
+    for user, item, y in _genre_stream(1, 600):
+        model.learn_one(user, item, y)
+    model.learn_one("new", "m3", 1.0)  # a drama
+    affinities = model.user_vector("new")
+    assert affinities is not None
+    comedy, drama, horror = affinities[4:]
+    assert drama > 0.0 and drama > comedy and drama > horror
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_genre_affinities_separate_the_two_audiences(batch: bool) -> None:
+    model = OnlineMF(n_factors=4, negatives=4, item_genres=_GENRES, seed=2)
+    events = _genre_stream(2)
+    if batch:
+        for start in range(0, len(events), 200):
+            chunk = events[start : start + 200]
+            model.learn_many([e[0] for e in chunk], [e[1] for e in chunk], [e[2] for e in chunk])
+    else:
+        for user, item, y in events:
+            model.learn_one(user, item, y)
+    drama = 4 + model.genres.index("Drama")
+    vectors = [model.user_vector(user) for user in range(40)]
+    affinity = np.array([vector[drama] for vector in vectors if vector is not None])
+    assert affinity[:20].min() > affinity[20:].max()
+    # Three events of a drama watcher are enough for a list of dramas.
+    for movie in ("m1", "m5", "m7"):
+        model.learn_one("late", movie, 1.0)
+    listed = model.recommend("late", k=10, exclude=["m1", "m5", "m7"])
+    assert sum(int(str(movie)[1:]) % 2 for movie in listed) >= 8
+
+
+def test_a_model_with_genres_pickles_and_clones() -> None:
+    model = OnlineMF(n_factors=4, item_genres=_GENRES, seed=3)
+    for user, item, y in _genre_stream(3, 200):
+        model.learn_one(user, item, y)
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.recommend(0, k=5) == model.recommend(0, k=5)
+    fresh = model.clone()
+    assert fresh.genres == model.genres and fresh.n_items == 0

@@ -233,6 +233,8 @@ def test_site_conversion_counts_what_the_stream_shows(
 def test_poor_matches_stop_early_and_rate_low(
     small_world: World, popular_run: tuple[Site, list[LogLine]]
 ) -> None:
+    """A match is poor or good for a user relative to the user's other matches: its
+    standing (see ``World.standing``) sets how long they watch and how they rate."""
     minutes: dict[tuple[int, str], int] = defaultdict(int)
     ratings: list[tuple[float, int]] = []
     for line in popular_run[1]:
@@ -241,17 +243,43 @@ def test_poor_matches_stop_early_and_rate_low(
             minutes[(line.user_id, found.group(3))] += 1
         elif (rated := RATE.fullmatch(text)) is not None:
             movie = small_world.index[rated.group(3)]
-            ratings.append((small_world.match_one(line.user_id, movie), int(rated.group(4))))
+            ratings.append((small_world.standing(line.user_id, movie), int(rated.group(4))))
     share: dict[str, list[float]] = {"poor": [], "good": []}
     for (user_id, movie_id), watched in minutes.items():
         row = small_world.index[movie_id]
-        match = small_world.match_one(user_id, row)
-        if match < 0.3 or match > 0.7:
-            share["poor" if match < 0.3 else "good"].append(
+        standing = small_world.standing(user_id, row)
+        if standing < 0.5 or standing > 0.9:
+            share["poor" if standing < 0.5 else "good"].append(
                 watched / small_world.movies[row].runtime
             )
+    assert len(share["poor"]) > 20 and len(share["good"]) > 20
     assert np.mean(share["good"]) > np.mean(share["poor"]) + 0.3
     assert np.corrcoef(np.array(ratings).T)[0, 1] > 0.5
+
+
+def test_watches_and_ratings_look_like_a_real_streams(
+    popular_run: tuple[Site, list[LogLine]],
+) -> None:
+    """Real viewers finish a good share of what they start and rate mostly 3-4 stars
+    (MovieLens: mean 3.5, under 3% 1-star; the course's 2023 rate lines: 3-5)."""
+    minutes: dict[tuple[int, str], int] = defaultdict(int)
+    stars: list[int] = []
+    for line in popular_run[1]:
+        text = line.render().decode()
+        if (found := WATCH.fullmatch(text)) is not None:
+            minutes[(line.user_id, found.group(3))] = int(found.group(4)) + 1
+        elif (rated := RATE.fullmatch(text)) is not None:
+            stars.append(int(rated.group(4)))
+    world = popular_run[0].world
+    shares = np.array(
+        [
+            watched / world.movies[world.index[movie]].runtime
+            for (_, movie), watched in minutes.items()
+        ]
+    )
+    assert 0.3 < float(np.mean(shares >= 0.9)) < 0.8
+    assert 3.0 < float(np.mean(stars)) < 4.0
+    assert stars.count(1) < 0.15 * len(stars)
 
 
 def test_almost_every_session_in_an_hour_is_a_different_users() -> None:
