@@ -340,12 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     versions.set_defaults(handler=cmd_versions)
 
     from reelfeed.eval_cmd import add_eval_command
+    from reelfeed.provenance_cmd import add_provenance_command
     from reelfeed.snapshot_cmd import add_snapshot_command
     from reelfeed.validate import add_validate_command
 
     add_validate_command(commands)
     add_eval_command(commands)
     add_snapshot_command(commands)
+    add_provenance_command(commands)
 
     version = commands.add_parser("version", help="print versions as JSON")
     version.set_defaults(handler=cmd_version)

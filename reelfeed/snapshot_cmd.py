@@ -1,4 +1,4 @@
-"""``reelfeed snapshot ...``: create, list, show, delete, export, import and restore."""
+"""``reelfeed snapshot ...``: create, list, show, delete, prune, export, import, restore."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from state import (
     SnapshotStore,
     VersionRegistry,
 )
+from state.snapshots import SNAPSHOT_KINDS
 from stream.learner import LearnerState
 
 __all__ = ["add_snapshot_command", "cmd_snapshot", "parse_offsets"]
@@ -108,7 +109,8 @@ async def _restore(args: argparse.Namespace, client: aioredis.Redis, keys: KeySc
     )
     registry = VersionRegistry(client, keys)
     if await registry.get(version) is not None:
-        await registry.update(version, restored_from=record.id)
+        # The history of restores is what `reelfeed provenance` reads a lineage from.
+        await registry.record_restore(version, record.id, positions, started)
     await snapshots.send(version, LearnerRequest("reload"))
     return {
         "restored": record.id,
@@ -130,14 +132,23 @@ async def _run(args: argparse.Namespace, settings: Settings) -> Any:
         if action == "restore":
             return await _restore(args, client, keys)
         if action == "list":
-            return [asdict(record) for record in await snapshots.list()]
+            return [
+                asdict(record)
+                for record in await snapshots.list()
+                if (args.version is None or record.version == args.version)
+                and (args.kind is None or record.kind == args.kind)
+            ]
         if action == "show":
-            record = await snapshots.get(args.snapshot)
-            if record is None:
+            lineage = await snapshots.lineage(args.snapshot)
+            if not lineage:
                 raise SnapshotError(f"no snapshot {args.snapshot!r}")
-            return asdict(record)
+            return {**asdict(lineage[0]), "lineage": [record.id for record in lineage]}
         if action == "delete":
             return {"deleted": await snapshots.delete(args.snapshot)}
+        if action == "prune":
+            version = await _version(args, client, keys)
+            kinds = SNAPSHOT_KINDS if args.include_manual else ("periodic",)
+            return {"version": version, "deleted": await snapshots.prune(version, args.keep, kinds)}
         if action == "export":
             blob = await snapshots.export(args.snapshot)
             Path(args.file).write_bytes(blob)
@@ -166,7 +177,15 @@ def add_snapshot_command(commands: Any) -> None:
     create.add_argument("--version", default=None, help="default: the live version")
     create.add_argument("--timeout", type=float, default=30.0, help="wait for the learner")
     create.add_argument("--note", default="")
-    actions.add_parser("list", help="every snapshot, oldest first")
+    listing = actions.add_parser("list", help="every snapshot, oldest first")
+    listing.add_argument("--version", default=None, help="only this version's")
+    listing.add_argument("--kind", choices=SNAPSHOT_KINDS, default=None)
+    prune = actions.add_parser("prune", help="delete a version's oldest periodic snapshots")
+    prune.add_argument("--version", default=None, help="default: the live version")
+    prune.add_argument("--keep", type=int, required=True, help="how many to keep")
+    prune.add_argument(
+        "--include-manual", action="store_true", help="count and delete manual ones too"
+    )
     for name, text in (("show", "one snapshot"), ("delete", "remove a snapshot")):
         action = actions.add_parser(name, help=text)
         action.add_argument("snapshot")

@@ -44,6 +44,9 @@ class VersionRecord:
     status: str = "learning"
     #: Snapshot the version was restored from, if any (its lineage).
     restored_from: str | None = None
+    #: Every restore, oldest first: ``{"snapshot", "time", "positions"}``, where
+    #: ``positions`` are those the learner resumed after (past a skipped range, if any).
+    restores: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -52,6 +55,20 @@ class VersionRecord:
     def from_json(cls, raw: bytes | str) -> VersionRecord:
         fields = orjson.loads(raw)
         return cls(**fields)
+
+    def restore_before(self, when: float) -> dict[str, Any] | None:
+        """The last restore at or before ``when``: what the version was learning on from.
+
+        Examples
+        --------
+        >>> record = VersionRecord("v1", {}, "abc", {}, restores=[
+        ...     {"snapshot": "s1", "time": 10.0, "positions": {}},
+        ...     {"snapshot": "s2", "time": 20.0, "positions": {}}])
+        >>> record.restore_before(15.0)["snapshot"], record.restore_before(5.0)
+        ('s1', None)
+        """
+        earlier = [entry for entry in self.restores if float(entry["time"]) <= when]
+        return earlier[-1] if earlier else None
 
 
 class VersionRegistry:
@@ -89,3 +106,35 @@ class VersionRegistry:
         updated = VersionRecord(**{**asdict(record), **changes})
         await self._client.hset(self._keys.versions(), name, updated.to_json())
         return updated
+
+    async def record_restore(
+        self, name: str, snapshot_id: str, positions: Mapping[str, int], when: float
+    ) -> VersionRecord:
+        """Add a restore to the version's history and make it its lineage, atomically.
+
+        The record is read and rewritten under WATCH, so that two restores (or a restore
+        and a status change) at the same moment cannot lose one another.
+        """
+        key = self._keys.versions()
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, name)
+                    if raw is None:
+                        raise KeyError(f"no model version {name!r}")
+                    record = VersionRecord.from_json(raw)
+                    entry = {"snapshot": snapshot_id, "time": when, "positions": dict(positions)}
+                    updated = VersionRecord(
+                        **{
+                            **asdict(record),
+                            "restored_from": snapshot_id,
+                            "restores": [*record.restores, entry],
+                        }
+                    )
+                    pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    pipe.hset(key, name, updated.to_json())
+                    await pipe.execute()
+                    return updated
+                except aioredis.WatchError:
+                    continue

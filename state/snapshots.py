@@ -5,6 +5,11 @@ model and its Kafka positions match) with a record of where it came from. It can
 exported to a file that survives a lost Redis, imported back, and restored into a
 version: the learner then reloads it and replays Kafka from its positions.
 
+Snapshots are ``manual`` (an operator's ``reelfeed snapshot create``) or ``periodic``
+(the learner's timer); retention (``SnapshotStore.prune``) deletes the oldest periodic
+ones of a version beyond a count, leaves manual ones alone unless asked, and never
+deletes one that later snapshots descend from.
+
 Requests to a running learner (checkpoint now, reload) travel through a Redis list
 per version; the learner pops them between batches.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import orjson
@@ -22,9 +28,12 @@ import redis.asyncio as aioredis
 from state.keys import KeySchema
 from state.model_store import Checkpoint
 
-__all__ = ["LearnerRequest", "SnapshotRecord", "SnapshotStore"]
+__all__ = ["SNAPSHOT_KINDS", "LearnerRequest", "SnapshotRecord", "SnapshotStore"]
 
 _MAGIC = b"RFSNAP1\n"
+
+#: Who took a snapshot: an operator, or the learner's timer.
+SNAPSHOT_KINDS = ("manual", "periodic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,21 @@ class SnapshotRecord:
     #: The snapshot the version had been restored from when this one was taken.
     parent: str | None = None
     note: str = ""
+    kind: str = "manual"
+
+    def covers_at_most(self, positions: Mapping[str, int]) -> bool:
+        """Whether every position of the snapshot is at or before ``positions``.
+
+        Examples
+        --------
+        >>> snap = SnapshotRecord("s", "v1", {"ev:0": 5, "ev:1": 7}, 0.0, 0.0, 1)
+        >>> snap.covers_at_most({"ev:0": 5, "ev:1": 9}), snap.covers_at_most({"ev:0": 4})
+        (True, False)
+        """
+        return all(
+            name in positions and offset <= positions[name]
+            for name, offset in self.positions.items()
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +83,15 @@ class SnapshotStore:
         self._keys = keys
 
     async def create(
-        self, version: str, checkpoint: Checkpoint, parent: str | None = None, note: str = ""
+        self,
+        version: str,
+        checkpoint: Checkpoint,
+        parent: str | None = None,
+        note: str = "",
+        kind: str = "manual",
     ) -> SnapshotRecord:
+        if kind not in SNAPSHOT_KINDS:
+            raise ValueError(f"kind must be one of {SNAPSHOT_KINDS}, got {kind!r}")
         record = SnapshotRecord(
             id=f"{version}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}",
             version=version,
@@ -70,6 +101,7 @@ class SnapshotStore:
             size=len(checkpoint.state),
             parent=parent,
             note=note,
+            kind=kind,
         )
         await self._store(record, checkpoint.state)
         return record
@@ -80,14 +112,54 @@ class SnapshotStore:
             pipe.hset(self._keys.snapshots(), record.id, orjson.dumps(asdict(record)))
             await pipe.execute()
 
+    async def get(self, snapshot_id: str) -> SnapshotRecord | None:
+        raw = await self._client.hget(self._keys.snapshots(), snapshot_id)
+        return None if raw is None else SnapshotRecord(**orjson.loads(raw))
+
+    async def lineage(self, snapshot_id: str) -> list[SnapshotRecord]:
+        """The snapshot, the one its version had been restored from, and so on back.
+
+        Stops at a snapshot without a parent, at one that was deleted, or at a cycle.
+        """
+        chain: list[SnapshotRecord] = []
+        seen: set[str] = set()
+        current: str | None = snapshot_id
+        while current is not None and current not in seen:
+            seen.add(current)
+            record = await self.get(current)
+            if record is None:
+                break
+            chain.append(record)
+            current = record.parent
+        return chain
+
+    async def prune(
+        self, version: str, keep: int, kinds: tuple[str, ...] = ("periodic",)
+    ) -> list[str]:
+        """Delete the oldest snapshots of ``version`` of these kinds beyond the newest ``keep``.
+
+        A snapshot that another one descends from (its ``parent``: a version was restored
+        from it) is kept whatever its age: it is the lineage that provenance reports.
+        Returns the ids deleted, oldest first.
+        """
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep}")
+        records = await self.list()
+        parents = {record.parent for record in records}
+        candidates = [
+            record
+            for record in records
+            if record.version == version and record.kind in kinds and record.id not in parents
+        ]
+        doomed = candidates[: max(len(candidates) - keep, 0)]
+        for record in doomed:
+            await self.delete(record.id)
+        return [record.id for record in doomed]
+
     async def list(self) -> list[SnapshotRecord]:
         raw = await self._client.hgetall(self._keys.snapshots())
         records = [SnapshotRecord(**orjson.loads(value)) for value in raw.values()]
         return sorted(records, key=lambda record: record.created)
-
-    async def get(self, snapshot_id: str) -> SnapshotRecord | None:
-        raw = await self._client.hget(self._keys.snapshots(), snapshot_id)
-        return None if raw is None else SnapshotRecord(**orjson.loads(raw))
 
     async def state(self, snapshot_id: str) -> bytes | None:
         raw = await self._client.get(self._keys.snapshot(snapshot_id))

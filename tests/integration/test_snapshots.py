@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -11,7 +14,16 @@ import redis.asyncio as aioredis
 
 from reelfeed.cli import main
 from reelfeed.infra import create_topics
-from state import KeySchema, ModelStore, SnapshotStore, VersionRegistry
+from state import (
+    Checkpoint,
+    KeySchema,
+    ModelStore,
+    SnapshotRecord,
+    SnapshotStore,
+    VersionRegistry,
+)
+from stream.events import Event
+from stream.learner import LearnerState
 from tests.integration.test_learn_worker import (
     events_of,
     expected_learning,
@@ -19,6 +31,14 @@ from tests.integration.test_learn_worker import (
     learn_env,
     learned_everything,
     produce_events,
+)
+from tests.integration.test_reproducibility import (
+    PARTITIONS,
+    end_positions,
+    learn_config,
+    learner,
+    produce_to_partitions,
+    wait_for,
 )
 from tests.integration.workers import WorkerProcess, wait_until
 
@@ -88,3 +108,86 @@ async def test_snapshot_export_import_and_restore_replays_exactly_once(
     assert {u: state.model.user_events(u) for u in per_user} == dict(per_user)
     record = await VersionRegistry(redis_client, KeySchema(unique_name)).get("v1")
     assert record is not None and record.restored_from == snapshot["id"]
+
+
+async def test_periodic_snapshots_keep_the_newest_and_spare_manual_ones(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events = events_of(400, seed=22)
+    parts = [events[i::4] for i in range(4)]
+    topic = f"{unique_name}.events"
+    await asyncio.to_thread(create_topics, kafka_bootstrap, {topic: PARTITIONS})
+    keys = KeySchema(unique_name)
+    snapshots = SnapshotStore(redis_client, keys)
+    # An operator's snapshot, older than every periodic one: retention leaves it alone.
+    manual = await snapshots.create("v1", Checkpoint(b"state", {}, time.time()), note="mine")
+    config = dataclasses.replace(
+        learn_config(kafka_bootstrap, redis_url, unique_name, topic, tmp_path),
+        snapshot_interval_s=0.2,
+        snapshot_keep=2,
+    )
+    seen: dict[str, SnapshotRecord] = {}
+
+    async def periodic() -> list[SnapshotRecord]:
+        records = [s for s in await snapshots.list() if s.kind == "periodic"]
+        seen.update((s.id, s) for s in records)
+        return records
+
+    async def snapshotted(positions: dict[str, int]) -> bool:
+        return any(s.positions == positions for s in await periodic())
+
+    produced: list[Event] = []
+    async with learner(config) as task:
+        for part in parts:
+            await produce_to_partitions(kafka_bootstrap, topic, part, first_source=len(produced))
+            produced += part
+            await wait_for(partial(snapshotted, end_positions(topic, produced)), 60, task)
+        before_idle = set(seen)
+        # Nothing new to learn: a second of timer ticks takes no snapshot of the same state.
+        await asyncio.sleep(1.0)
+        assert {s.id for s in await periodic()} <= before_idle
+    kept = await periodic()
+    assert len(seen) >= len(parts) and len(kept) == 2
+    newest = sorted(seen.values(), key=lambda s: s.created)[-2:]
+    assert [s.id for s in kept] == [s.id for s in newest]
+    assert kept[-1].positions == end_positions(topic, events)
+    assert await snapshots.get(manual.id) == manual
+    # A periodic snapshot is a whole learner state at its positions.
+    state_blob = await snapshots.state(kept[-1].id)
+    assert state_blob is not None
+    state = LearnerState.from_bytes(state_blob)
+    assert state.positions == kept[-1].positions
+    assert state.events_learned == expected_learning(events)[0]
+    # `reelfeed snapshot prune`: manual snapshots go only when asked for.
+    env = {"REELFEED_REDIS_URL": redis_url, "REELFEED_REDIS_PREFIX": unique_name}
+    pruned = await cli(capsys, env, "prune", "--version", "v1", "--keep", "1")
+    assert pruned == {"version": "v1", "deleted": [kept[0].id]}
+    listed = await cli(capsys, env, "list", "--version", "v1", "--kind", "periodic")
+    assert isinstance(listed, list) and [s["id"] for s in listed] == [kept[1].id]
+    pruned = await cli(capsys, env, "prune", "--version", "v1", "--keep", "1", "--include-manual")
+    assert pruned == {"version": "v1", "deleted": [manual.id]}
+
+
+async def test_retention_keeps_a_snapshot_that_later_ones_descend_from(
+    redis_client: aioredis.Redis, unique_name: str
+) -> None:
+    snapshots = SnapshotStore(redis_client, KeySchema(unique_name))
+
+    async def periodic(parent: str | None = None) -> SnapshotRecord:
+        checkpoint = Checkpoint(b"state", {"ev:0": 1}, time.time())
+        return await snapshots.create("v1", checkpoint, parent=parent, kind="periodic")
+
+    root = await periodic()
+    # The version was restored from `root`: what it snapshots next descends from it.
+    middle, newest = await periodic(root.id), await periodic(root.id)
+    other_version = await snapshots.create(
+        "v2", Checkpoint(b"state", {}, time.time()), kind="periodic"
+    )
+    assert await snapshots.prune("v1", keep=1) == [middle.id]
+    assert [s.id for s in await snapshots.list()] == [root.id, newest.id, other_version.id]
+    assert [s.id for s in await snapshots.lineage(newest.id)] == [newest.id, root.id]
