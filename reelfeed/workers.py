@@ -88,6 +88,8 @@ def learn_config(settings: Settings, environ: Mapping[str, str]) -> LearnConfig:
         model_params=orjson.loads(settings.learn_params),
         publish_interval_s=settings.learn_publish_interval,
         checkpoint_interval_s=settings.learn_checkpoint_interval,
+        snapshot_interval_s=settings.snapshot_interval,
+        snapshot_keep=settings.snapshot_keep,
         catalog=_catalog(settings),
         code_sha=code_sha(environ),
         packages=package_versions(),

@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import cast
 
 import faust
+import redis
 import redis.asyncio as aioredis
 
-from state import FeatureStore, KeySchema
+from state import ApplyResult, FeatureStore, FeatureUpdate, KeySchema
 from stream import metrics
 from stream.catalog import Catalog
 from stream.kafka_io import read_partition_range
 from stream.parser import DEFAULT_DUPLICATE_CAPACITY, DuplicateFilter, LineValidator, ParseContext
-from stream.processor import SOURCE_HEADER, IngestProcessor, OutgoingEvent, SourceLine
+from stream.processor import (
+    SOURCE_HEADER,
+    IngestProcessor,
+    OutgoingEvent,
+    SourceLine,
+    retry_while_unreachable,
+)
 
 __all__ = ["IngestConfig", "create_app"]
 
@@ -89,6 +96,40 @@ class _ProducerPublisher:
             await asyncio.gather(*pending)
 
 
+#: Errors that mean Redis is away (down, restarting, loading its data), not a bug.
+_REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+class _PatientFeatures:
+    """The feature store, waiting out a Redis outage instead of failing the batch.
+
+    A failed batch crashes the agent. Faust restarts it without the batch in hand, and
+    the restarted agent took no more lines in tests/integration/test_failures.py:
+    ingest stood still with Redis back until the process was restarted. Waiting holds
+    the batch (and the partition) until Redis answers. Both calls are safe to repeat:
+    the watermark makes ``apply`` skip what was already applied.
+    """
+
+    def __init__(self, features: FeatureStore) -> None:
+        self._features = features
+
+    async def apply(
+        self, topic: str, partition: int, updates: Sequence[FeatureUpdate]
+    ) -> ApplyResult:
+        return await retry_while_unreachable(
+            lambda: self._features.apply(topic, partition, updates),
+            f"applying features of {topic}[{partition}]",
+            _REDIS_UNREACHABLE,
+        )
+
+    async def watermark(self, topic: str, partition: int) -> int:
+        return await retry_while_unreachable(
+            lambda: self._features.watermark(topic, partition),
+            f"reading the watermark of {topic}[{partition}]",
+            _REDIS_UNREACHABLE,
+        )
+
+
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(
         name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -132,7 +173,7 @@ def create_app(config: IngestConfig) -> faust.App:
     processor = IngestProcessor(
         new_checker=lambda: LineValidator(context, DuplicateFilter(config.duplicate_memory)),
         publisher=publisher,
-        features=features,
+        features=_PatientFeatures(features),
         genres_of=config.catalog.genres,
         preceding_lines=preceding_lines,
         # Only valid lines enter the duplicate memory, so read back more raw lines

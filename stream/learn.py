@@ -12,19 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from online_model.mf import OnlineMF
 from state import (
+    Checkpoint,
     KeySchema,
     LearnerRequest,
     ModelStore,
@@ -36,12 +40,19 @@ from state import (
 from stream import metrics
 from stream.catalog import Catalog
 from stream.feedback import WatchProgress
-from stream.learner import EventMessage, LearnerState, LearnProcessor
-from stream.processor import SOURCE_HEADER
+from stream.learner import EventMessage, LearnerState, LearnProcessor, PatientWriter
+from stream.processor import SOURCE_HEADER, retry_while_unreachable
 
 __all__ = ["LearnConfig", "create_app", "new_state", "restore_state", "run_learner"]
 
 log = logging.getLogger(__name__)
+
+#: Errors that mean Redis is away (down, restarting, loading its data): the learner
+#: waits for it between two batches rather than crash and lose what it holds.
+_REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+#: How long a stopping learner tries to write its last checkpoint; past it (Redis is
+#: away), a restart replays from the previous checkpoint, which loses nothing.
+_FINAL_FLUSH_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,9 @@ class LearnConfig:
     #: Who learns this version (git commit, package versions), for the registry.
     code_sha: str = "unknown"
     packages: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds between periodic snapshots (0: none), and how many of them to keep.
+    snapshot_interval_s: float = 0.0
+    snapshot_keep: int = 4
 
     @property
     def app_id(self) -> str:
@@ -83,6 +97,10 @@ class LearnConfig:
 
 def new_state(config: LearnConfig) -> LearnerState:
     params = {"seed": config.seed, **config.model_params}
+    if len(config.catalog) and "item_genres" not in params:
+        # The catalog's genres are side features of the items (not part of the
+        # registered config: they come with the catalog, not with the version).
+        params["item_genres"] = dict(config.catalog.genre_map)
     model = OnlineMF(**params)
     progress = WatchProgress(model.feedback, config.catalog.runtime, config.default_runtime)
     return LearnerState(model, progress, sample_rng=random.Random(config.seed))
@@ -126,7 +144,8 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     client = aioredis.Redis.from_url(config.redis_url)
     keys = KeySchema(config.redis_prefix)
     store = ModelStore(client, keys, config.version)
-    record = await VersionRegistry(client, keys).register(
+    registry = VersionRegistry(client, keys)
+    record = await registry.register(
         VersionRecord(
             name=config.version,
             config={"seed": config.seed, **config.model_params},
@@ -148,7 +167,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     state = await restore_state(config, store)
     processor = LearnProcessor(
         state,
-        store,
+        PatientWriter(store, _REDIS_UNREACHABLE),
         config.version,
         prequential_sample=config.prequential_sample,
         publish_interval_s=config.publish_interval_s,
@@ -165,6 +184,8 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     await consumer.start()
     loop = asyncio.get_running_loop()
     last_commit = loop.time()
+    next_snapshot = loop.time() + config.snapshot_interval_s
+    snapshot_positions: dict[str, int] | None = None
     try:
         partitions = await _partitions(config.kafka_bootstrap, config.events_topic)
         consumer.assign(partitions)
@@ -190,16 +211,29 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
                     metrics.LEARN_CONSUMER_LAG.labels(config.version, str(tp.partition)).set(
                         max(highwater - position - 1, 0)
                     )
-            request = await snapshots.next_request(config.version)
+            request = await retry_while_unreachable(
+                lambda: snapshots.next_request(config.version),
+                "reading requests",
+                _REDIS_UNREACHABLE,
+            )
             if request is not None:
                 state = await _handle(request, config, store, processor, consumer, partitions)
+            if config.snapshot_interval_s > 0 and loop.time() >= next_snapshot:
+                next_snapshot = loop.time() + config.snapshot_interval_s
+                snapshot_positions = await _periodic_snapshot(
+                    config, processor.state, snapshots, registry, snapshot_positions
+                )
             if loop.time() - last_commit >= config.commit_interval_s:
                 await _commit(consumer, state)
                 last_commit = loop.time()
     finally:
         try:
-            await processor.tick(force=True)
-            await processor.checkpoint()
+            async with asyncio.timeout(_FINAL_FLUSH_S):
+                await processor.tick(force=True)
+                await processor.checkpoint()
+        except TimeoutError:
+            log.warning("%s stops without a last checkpoint: Redis is unreachable", config.version)
+        try:
             await _commit(consumer, state)
         finally:
             await consumer.stop()
@@ -246,6 +280,45 @@ async def _handle(
     return processor.state
 
 
+async def _periodic_snapshot(
+    config: LearnConfig,
+    state: LearnerState,
+    snapshots: SnapshotStore,
+    registry: VersionRegistry,
+    last_positions: dict[str, int] | None,
+) -> dict[str, int] | None:
+    """Snapshot the state (between two batches) unless it has not moved since the last
+    one, then apply the retention; return the positions of the newest snapshot.
+
+    A failure is logged and retried at the next interval: a missed snapshot must not
+    stop the learning.
+    """
+    if state.positions == last_positions:
+        return last_positions
+    try:
+        version = await registry.get(config.version)
+        record = await snapshots.create(
+            config.version,
+            Checkpoint(state.to_bytes(), dict(state.positions), time.time()),
+            parent=None if version is None else version.restored_from,
+            note="periodic",
+            kind="periodic",
+        )
+        pruned = await snapshots.prune(config.version, config.snapshot_keep)
+    except redis.RedisError as exc:
+        log.warning("periodic snapshot of %s failed: %r", config.version, exc)
+        return last_positions
+    log.info(
+        "periodic snapshot %s of %s: %d bytes, positions %s; deleted %s",
+        record.id,
+        config.version,
+        record.size,
+        record.positions,
+        pruned or "none",
+    )
+    return dict(record.positions)
+
+
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -285,7 +358,11 @@ def create_app(config: LearnConfig) -> faust.App:
     )
 
     async def learn() -> None:
-        await run_learner(config)
+        # One BLAS thread: the learner's products are one user against the catalog (the
+        # prequential test), where OpenBLAS threads only hand work around, and on a busy
+        # machine their spinning made each test several times slower (bench/learn.py).
+        with threadpool_limits(1, user_api="blas"):
+            await run_learner(config)
 
     app.task(learn)
     return app

@@ -29,6 +29,7 @@ from state import Checkpoint, ItemMatrix, user_row
 from stream import metrics
 from stream.codec import EventDecodeError, decode_event
 from stream.feedback import WatchProgress
+from stream.processor import retry_while_unreachable
 
 __all__ = [
     "EventMessage",
@@ -36,6 +37,7 @@ __all__ = [
     "LearnReport",
     "LearnerState",
     "ModelWriter",
+    "PatientWriter",
     "parse_source",
 ]
 
@@ -123,6 +125,41 @@ class ModelWriter(Protocol):
     async def publish_matrix(self, matrix: ItemMatrix) -> int: ...
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+
+class PatientWriter:
+    """A ``ModelWriter`` that waits out an outage of the one it wraps.
+
+    While ``errors`` are raised (the store is unreachable), each call is repeated with
+    growing pauses: the learner stops between two batches with its state in memory,
+    and goes on with nothing lost or learned twice when the store is back. Every
+    write is safe to repeat: rows, positions and checkpoints are stored whole, and a
+    matrix published twice only takes one more revision number.
+    """
+
+    def __init__(self, writer: ModelWriter, errors: tuple[type[BaseException], ...]) -> None:
+        self._writer = writer
+        self._errors = errors
+
+    async def commit(
+        self,
+        users: Mapping[int, np.ndarray],
+        items: Mapping[str, np.ndarray],
+        positions: Mapping[str, int],
+    ) -> None:
+        await retry_while_unreachable(
+            lambda: self._writer.commit(users, items, positions), "committing a batch", self._errors
+        )
+
+    async def publish_matrix(self, matrix: ItemMatrix) -> int:
+        return await retry_while_unreachable(
+            lambda: self._writer.publish_matrix(matrix), "publishing the matrix", self._errors
+        )
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        await retry_while_unreachable(
+            lambda: self._writer.save_checkpoint(checkpoint), "checkpointing", self._errors
+        )
 
 
 @dataclass

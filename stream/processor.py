@@ -15,11 +15,12 @@ applied twice, and nothing is lost because the Kafka offset is committed after 3
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from state import (
     ApplyResult,
@@ -42,12 +43,63 @@ __all__ = [
     "LineChecker",
     "OutgoingEvent",
     "SourceLine",
+    "retry_while_unreachable",
     "source_header",
 ]
 
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "reelfeed-source"
+
+T = TypeVar("T")
+
+
+async def retry_while_unreachable(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    errors: tuple[type[BaseException], ...],
+    first_delay_s: float = 0.1,
+    max_delay_s: float = 5.0,
+) -> T:
+    """Await ``call()`` again and again, with growing pauses, until it does not raise
+    one of ``errors``; return its result.
+
+    A worker whose Redis is unreachable waits here with its state in memory instead
+    of crashing (the learner's crash stopped its process; ingest's left a stalled
+    agent). ``call`` must be safe to repeat: a write whose reply was lost may have
+    been applied, and is then applied again with the same result. Cancellation ends
+    the wait at once.
+
+    Examples
+    --------
+    >>> answers = iter([ConnectionError("down"), ConnectionError("down"), "ok"])
+    >>> async def call() -> str:
+    ...     answer = next(answers)
+    ...     if isinstance(answer, Exception):
+    ...         raise answer
+    ...     return answer
+    >>> asyncio.run(retry_while_unreachable(call, "a test", (ConnectionError,), 0.001))
+    'ok'
+    """
+    delay = first_delay_s
+    failed_at: float | None = None
+    while True:
+        try:
+            result = await call()
+        except errors as exc:
+            if failed_at is None:
+                failed_at = time.monotonic()
+                log.warning("Redis unreachable while %s (%r): waiting for it", what, exc)
+            else:
+                log.debug("Redis still unreachable while %s (%r)", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, max_delay_s)
+            continue
+        if failed_at is not None:
+            log.info(
+                "Redis answers again after %.1f s: %s goes on", time.monotonic() - failed_at, what
+            )
+        return result
 
 
 @dataclass(frozen=True, slots=True)
