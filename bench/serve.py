@@ -7,7 +7,9 @@ into the test stack's Redis under a unique prefix, starts the real server
 (64 connections, user ids spread over all users by a Lua script). Prints one JSON
 object: requests/s, p50 and p99 latency and CPU per request of both servers, the
 throughput ratio, for 1 and 2 workers (``SO_REUSEPORT``), plus the server's fallback
-and provenance counters and its latency at 4 connections (service time).
+and provenance counters and its latency at 4 connections (service time). For each run
+also the load average, wrk's CPU share and, per server process, the share of the run it
+spent on a CPU and waiting for one: whether more workers can help on this machine.
 
 Run: ``.venv/bin/python -m bench.serve [--seconds 10] [--workers 1 2] [--no-kafka]``.
 Everything runs on this machine, so wrk competes with the server for the cores.
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -199,6 +202,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, needs_mod
 
 
 def _wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str, float]:
+    """wrk's figures, with the CPU seconds wrk itself used (``wrk_cpu_s``)."""
     command = [
         "wrk",
         "-t1",
@@ -210,13 +214,23 @@ def _wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str,
         str(script),
         f"http://127.0.0.1:{port}/",
     ]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(command, capture_output=True, text=True)
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
         raise RuntimeError(f"wrk failed ({run.returncode}): {run.stdout}{run.stderr}")
     output = run.stdout
     line = next(ln for ln in output.splitlines() if ln.startswith("{"))
     result: dict[str, float] = orjson.loads(line)
     result["requests_per_s"] = round(result["requests"] / result["duration_s"], 1)
+    # Only wrk was waited for in between: the children's usage grew by wrk's alone.
+    result["wrk_cpu_s"] = round(
+        children_after.ru_utime
+        - children_before.ru_utime
+        + children_after.ru_stime
+        - children_before.ru_stime,
+        3,
+    )
     return result
 
 
@@ -262,6 +276,22 @@ def _group_cpu_s(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _group_schedule_s(pgid: int) -> dict[int, tuple[float, float]]:
+    """Per process of a group: seconds on a CPU, and seconds runnable but waiting for one
+    (``/proc/<pid>/schedstat``): the second says whether a process lacked work or a CPU."""
+    times: dict[int, tuple[float, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            running, waiting, _ = (stat.parent / "schedstat").read_text().split()
+        except (OSError, IndexError, ValueError):
+            continue
+        times[int(stat.parent.name)] = (int(running) / 1e9, int(waiting) / 1e9)
+    return times
+
+
 def _measure(
     label: str,
     command: list[str],
@@ -279,15 +309,33 @@ def _measure(
         extra: dict[str, object] = _check_answers(port) if is_server else {}
         _wrk(port, 2, script, connections)  # warm-up
         cpu_before = _group_cpu_s(process.pid)
+        schedule_before = _group_schedule_s(process.pid)
+        load = [round(x, 2) for x in os.getloadavg()]
         result: dict[str, object] = dict(_wrk(port, seconds, script, connections))
         cpu_s = _group_cpu_s(process.pid) - cpu_before
+        schedule_after = _group_schedule_s(process.pid)
+        duration = float(result["duration_s"])  # type: ignore[arg-type]
         # CPU per answer does not depend on what else runs on the machine; requests/s does.
         result["cpu_us_per_request"] = round(cpu_s / float(result["requests"]) * 1e6, 1)  # type: ignore[arg-type]
+        result["load_average"] = load
+        result["wrk_cpu_share"] = round(float(result.pop("wrk_cpu_s")) / duration, 3)  # type: ignore[arg-type]
+        # Per busy process: the share of the run it spent on a CPU and waiting for one. A
+        # worker waiting for a CPU much of the time is starved (wrk, Kafka, Redis and
+        # anything else on the machine share its cores), not short of requests.
+        result["processes"] = [
+            {
+                "cpu_share": round((running - schedule_before[pid][0]) / duration, 3),
+                "cpu_wait_share": round((waiting - schedule_before[pid][1]) / duration, 3),
+            }
+            for pid, (running, waiting) in sorted(schedule_after.items())
+            if pid in schedule_before and running - schedule_before[pid][0] > 0.01 * duration
+        ]
         if is_server:
             extra["counters"] = _server_counters(port)
             # Service time: with wrk's closed loop at 64 connections, mean latency is
             # 64 / throughput (Little's law), so latency is also measured lightly loaded.
             light = _wrk(port, max(2.0, seconds / 2), script, 4)
+            light.pop("wrk_cpu_s")
             extra["light_load_4_connections"] = {
                 name: light[name] for name in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms")
             }

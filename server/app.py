@@ -17,7 +17,7 @@ import gc
 import hmac
 import logging
 import math
-import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -70,6 +70,11 @@ _PROFILES: web.AppKey[ProfileSource] = web.AppKey("profiles")
 
 _MAX_ID_DIGITS = 20
 _TEXT_UTF8 = "text/plain; charset=utf-8"
+#: Longest wait for Redis outside the answers' own deadline (admin calls, round trips).
+_STORE_TIMEOUT_S = 5.0
+#: Seconds between flushes of the per-answer counts into the Prometheus values.
+_METRICS_FLUSH_S = 0.5
+_random_bits = random.getrandbits
 
 
 def parse_user_id(raw: str, max_user_id: int) -> int | str:
@@ -133,6 +138,7 @@ def create_app(
     app[CONFIG] = config
     app[METRICS] = metrics if metrics is not None else ServerMetrics(multiprocess_dir)
     app[STATE] = ServingState(config.list_length)
+    app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_sources_ctx(models, popularity, routing))
     app.cleanup_ctx.append(_profiles_ctx(profiles))
     app.cleanup_ctx.append(_provenance_ctx(provenance))
@@ -157,6 +163,26 @@ def create_app(
 _Ctx = Callable[[web.Application], AsyncIterator[None]]
 
 
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[METRICS]
+
+    async def flush_now_and_then() -> None:
+        # Scrapes flush on their own; this keeps other workers' scrapes (which read
+        # this process's multiprocess files) at most half a second behind.
+        while True:
+            await asyncio.sleep(_METRICS_FLUSH_S)
+            metrics.flush()
+
+    task = asyncio.get_running_loop().create_task(flush_now_and_then())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        metrics.flush()
+
+
 def _sources_ctx(
     models: ModelSource | None, popularity: PopularitySource | None, routing: RoutingSource | None
 ) -> _Ctx:
@@ -165,11 +191,15 @@ def _sources_ctx(
         client: aioredis.Redis | None = None
         chosen_models, chosen_popularity, chosen_routing = models, popularity, routing
         if models is None or popularity is None or routing is None:
-            # The deadline of each answer bounds Redis calls; no retries under it.
+            # The deadline of each answer bounds Redis calls; no retries under it. No
+            # socket_timeout: redis-py would put one asyncio.timeout on every reply of
+            # the per-answer pipelines; every caller bounds its calls instead (the
+            # answers' deadline, the round trip's limit, the refresher's and the admin
+            # endpoints' timeouts).
             client = aioredis.Redis.from_url(
                 config.redis_url,
                 socket_connect_timeout=1.0,
-                socket_timeout=5.0,
+                socket_timeout=None,
                 retry=Retry(NoBackoff(), 0),
                 max_connections=config.redis_max_connections,
                 # Given, redis-py does not read its version from the package metadata
@@ -177,7 +207,7 @@ def _sources_ctx(
                 driver_info=DriverInfo(lib_version=redis.__version__),
             )
             redis_models, redis_popularity, redis_routing = redis_sources(
-                client, KeySchema(config.redis_prefix)
+                client, KeySchema(config.redis_prefix), _STORE_TIMEOUT_S
             )
             chosen_models = models or redis_models
             chosen_popularity = popularity or redis_popularity
@@ -288,26 +318,27 @@ def _refresher_ctx(refresh: bool, freeze_gc: bool) -> _Ctx:
 async def recommend(request: web.Request) -> web.Response:
     started = time.perf_counter()
     app = request.app
-    config = app[CONFIG]
-    metrics = app[METRICS]
-    user_id = parse_user_id(request.match_info["user_id"], config.max_user_id)
+    user_id = parse_user_id(request.match_info["user_id"], app[CONFIG].max_user_id)
     if isinstance(user_id, str):
-        metrics.rejected(time.perf_counter() - started)
+        app[METRICS].rejected(time.perf_counter() - started)
         raise web.HTTPBadRequest(text=user_id)
     try:
         answer = await app[RECOMMENDER].recommend(user_id)
     except Exception:  # a bug must still not cost the site its answer
         log.exception("recommendation for %d failed; answering from popularity", user_id)
         answer = _last_resort(app, user_id)
-    request_id = os.urandom(16).hex()
+    # Unique, not secret: 128 bits of the process's Mersenne Twister (seeded from the OS
+    # and reseeded in forked children by the random module), a third of os.urandom's cost.
+    request_id = f"{_random_bits(128):032x}"
     latency = time.perf_counter() - started
-    metrics.answered(latency, answer.version)
+    version = answer.version
+    app[METRICS].answered(latency, version)
     app[PROVENANCE].emit(
         ProvenanceRecord(
             request_id,
             time.time(),
             user_id,
-            answer.version,
+            version,
             answer.revision,
             answer.positions,
             answer.items,
@@ -317,7 +348,7 @@ async def recommend(request: web.Request) -> web.Response:
     )
     headers = {
         "X-Request-Id": request_id,
-        "X-Model-Version": answer.version or "none",
+        "X-Model-Version": version or "none",
         "X-Model-Revision": str(answer.revision),
         "Content-Type": _TEXT_UTF8,
     }
@@ -413,7 +444,8 @@ async def _routing_change(
 ) -> web.Response:
     app = request.app
     try:
-        routing = await change(app[ROUTING])
+        async with asyncio.timeout(_STORE_TIMEOUT_S):
+            routing = await change(app[ROUTING])
     except RoutingConflict as exc:
         raise web.HTTPConflict(text=str(exc)) from None
     except (ValueError, TypeError) as exc:
@@ -425,7 +457,8 @@ async def _routing_change(
     try:
         # Load the versions' matrices before they get traffic here; other processes
         # do the same at their next routing poll.
-        await app[REFRESHER].adopt(routing)
+        async with asyncio.timeout(_STORE_TIMEOUT_S):
+            await app[REFRESHER].adopt(routing)
     except Exception as exc:
         log.warning("adopting the new routing failed (the poll retries): %r", exc)
         app[REFRESHER].apply_routing(routing)
@@ -436,7 +469,8 @@ async def _require_matrix(request: web.Request, version: str, force: bool) -> No
     if force:
         return
     try:
-        revision = await request.app[MODELS].matrix_revision(version)
+        async with asyncio.timeout(_STORE_TIMEOUT_S):
+            revision = await request.app[MODELS].matrix_revision(version)
     except Exception:
         raise web.HTTPServiceUnavailable(text="the model store is not reachable") from None
     if revision == 0:
@@ -448,7 +482,8 @@ async def _require_matrix(request: web.Request, version: str, force: bool) -> No
 async def get_routing(request: web.Request) -> web.Response:
     _authorize(request)
     try:
-        routing = await request.app[ROUTING].get()
+        async with asyncio.timeout(_STORE_TIMEOUT_S):
+            routing = await request.app[ROUTING].get()
     except Exception:
         raise web.HTTPServiceUnavailable(text="the routing store is not reachable") from None
     return _routing_response(request.app, routing)

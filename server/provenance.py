@@ -20,8 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -42,13 +41,13 @@ _RETRY_MIN_S = 0.5
 _RETRY_MAX_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class ProvenanceRecord:
+class ProvenanceRecord(NamedTuple):
     """What made one answer: enough to find the model state that produced it.
 
     ``positions`` is the learner's consumed positions (its watermark) when it
     published the item matrix that scored the list; ``fallback`` says why the list
-    came from popularity instead, or is ``None``.
+    came from popularity instead, or is ``None``. A named tuple rather than a frozen
+    dataclass: one is built per answer, at a third of the cost.
 
     Examples
     --------

@@ -70,11 +70,24 @@ class RedisModelSource:
     (``ModelStore.user_contexts``). Nothing waits on a timer, so a lone request goes
     out at once, while under load a round trip carries many users (measured with
     ``bench.serve``: fewer syscalls, pool checkouts and tasks per answer).
+
+    A round trip that takes longer than ``round_trip_timeout_s`` fails (its callers
+    have given up long before, at their own deadline; this frees the connection of a
+    stalled Redis). The limit is on the whole round trip rather than the client's
+    ``socket_timeout``, which redis-py applies to every reply of a pipeline with one
+    ``asyncio.timeout`` each (measured: 5% of the server's CPU).
     """
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema, coalesce: bool = True) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySchema,
+        coalesce: bool = True,
+        round_trip_timeout_s: float = 5.0,
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._round_trip_timeout_s = round_trip_timeout_s
         self._stores: dict[str, ModelStore] = {}
         self._features = FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S)
         self._coalesce = coalesce
@@ -122,7 +135,8 @@ class RedisModelSource:
         self, version: str, batch: list[tuple[int, asyncio.Future[UserContext]]]
     ) -> None:
         try:
-            contexts = await self._store(version).user_contexts([user for user, _ in batch])
+            async with asyncio.timeout(self._round_trip_timeout_s):
+                contexts = await self._store(version).user_contexts([user for user, _ in batch])
         except asyncio.CancelledError:  # shutdown: its callers are cancelled too
             for _, future in batch:
                 future.cancel()
@@ -138,11 +152,11 @@ class RedisModelSource:
 
 
 def redis_sources(
-    client: aioredis.Redis, keys: KeySchema
+    client: aioredis.Redis, keys: KeySchema, round_trip_timeout_s: float = 5.0
 ) -> tuple[RedisModelSource, FeatureStore, RoutingStore]:
     """The Redis implementations of the three sources, on one client."""
     return (
-        RedisModelSource(client, keys),
+        RedisModelSource(client, keys, round_trip_timeout_s=round_trip_timeout_s),
         FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S),
         RoutingStore(client, keys),
     )

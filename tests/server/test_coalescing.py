@@ -96,3 +96,25 @@ async def test_a_failed_round_trip_fails_each_caller(unique_name: str) -> None:
         assert all(isinstance(r, aioredis.ConnectionError) for r in results), results
     finally:
         await broken.aclose()
+
+
+async def test_a_stalled_round_trip_is_abandoned_after_its_limit(
+    unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client has no socket timeout (see server.app): the round trip's own limit
+    # frees the callers (and the connection) of a Redis that accepted and went quiet.
+    async def stalled(self: ModelStore, user_ids: Sequence[int]) -> list[UserContext]:
+        await asyncio.sleep(3600)
+        return []
+
+    monkeypatch.setattr(ModelStore, "user_contexts", stalled)
+    client = aioredis.Redis(host="127.0.0.1", port=1)
+    try:
+        source = RedisModelSource(client, KeySchema(unique_name), round_trip_timeout_s=0.05)
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(
+                *(source.user_context("v1", user) for user in (1, 2)), return_exceptions=True
+            )
+        assert all(isinstance(r, TimeoutError) for r in results), results
+    finally:
+        await client.aclose()

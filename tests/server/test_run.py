@@ -69,6 +69,9 @@ async def test_two_workers_share_the_port_and_their_metrics(
         for user in range(40):
             status, body = await _get(f"{base}/recommend/{user % 20 + 1}")
             assert status == 200 and len(body.split(",")) == 20
+        # Each worker adds its counts to the shared files every half second (a scrape
+        # flushes its own worker at once): after that, any worker's scrape has them all.
+        await asyncio.sleep(1.0)
         for _ in range(6):
             _, text = await _get(f"{base}/metrics")
             match = re.search(r'reelfeed_server_requests_total\{status="200"\} (\S+)', text)

@@ -164,7 +164,8 @@ def test_most_of_a_realistic_catalog_is_pruned_and_lists_are_unchanged(cold: flo
         expected = table.recommend(vector, events, watched, 20)
         assert scorer.recommend(vector, watched, 20, events) == expected, user
         weight = blend_weight(events, 1.0, cold)
-        pruned += scorer._pruned_top(vector, weight, scorer.table.indices(watched), 20) is not None
+        excluded = scorer.sorted_positions(watched)
+        pruned += scorer._pruned_top(vector, weight, excluded, 20) is not None
     assert pruned >= 45
 
 
@@ -174,5 +175,5 @@ def test_pruning_gives_way_to_the_full_product_when_it_cannot_prune() -> None:
     table = RankingTable(matrix.movie_ids, matrix.factors, matrix.biases, np.zeros(5_000), 1.0)
     scorer = ModelScorer("v", matrix, 1.0)
     vector = np.random.default_rng(1).standard_normal(32).astype(np.float32)
-    assert scorer._pruned_top(vector, 1.0, scorer.table.indices(()), 20) is None
+    assert scorer._pruned_top(vector, 1.0, [], 20) is None
     assert scorer.recommend(vector, frozenset(), 20) == table.recommend(vector, 0, (), 20)
