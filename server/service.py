@@ -84,6 +84,12 @@ class ServingState:
     >>> state.set_ingest_popular(PopularList(("m1", "m2")))
     >>> state.ready, state.popular.line
     (True, b'm1,m2')
+
+    A popularity that Redis lost does not empty the answers:
+
+    >>> state.set_ingest_popular(PopularList.empty(20))
+    >>> state.popular.line
+    b'm1,m2'
     """
 
     def __init__(self, list_length: int) -> None:
@@ -101,6 +107,10 @@ class ServingState:
         return bool(self.models) or len(self.popular) > 0
 
     def set_ingest_popular(self, popular: PopularList) -> None:
+        if not len(popular) and len(self._ingest_popular):
+            # Redis lost the popularity it had (flushed, restored, being rebuilt by a
+            # replay): the last list known beats an empty answer.
+            return
         self._ingest_popular = popular
         self._choose_popular()
 
@@ -118,7 +128,8 @@ class ServingState:
                 popular = PopularList(
                     live.popular_ids(max(self.list_length, _LEARNER_POPULAR)), self.list_length
                 )
-        self.popular = popular
+        if len(popular):
+            self.popular = popular
 
 
 class _Breaker:
