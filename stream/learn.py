@@ -139,11 +139,13 @@ def _messages(batch: Mapping[TopicPartition, list[Any]]) -> list[EventMessage]:
     return messages
 
 
-async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) -> LearnerState:
-    """Learn until cancelled (or ``stop`` is set); checkpoint on the way out."""
-    client = aioredis.Redis.from_url(config.redis_url)
-    keys = KeySchema(config.redis_prefix)
-    store = ModelStore(client, keys, config.version)
+async def _register_and_restore(
+    config: LearnConfig, client: aioredis.Redis, keys: KeySchema, store: ModelStore
+) -> LearnerState:
+    """Register the version (going live when nothing is), then load its checkpoint.
+
+    Every step can be repeated: registering an existing version returns its record.
+    """
     registry = VersionRegistry(client, keys)
     record = await registry.register(
         VersionRecord(
@@ -164,7 +166,21 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
         # A stack's first version serves: there is nothing else to serve with.
         await routing.set_live(config.version)
         log.info("no live version yet: %s goes live", config.version)
-    state = await restore_state(config, store)
+    return await restore_state(config, store)
+
+
+async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) -> LearnerState:
+    """Learn until cancelled (or ``stop`` is set); checkpoint on the way out."""
+    client = aioredis.Redis.from_url(config.redis_url)
+    keys = KeySchema(config.redis_prefix)
+    store = ModelStore(client, keys, config.version)
+    # Redis may be down when the learner starts: wait for it rather than exit.
+    state = await retry_while_unreachable(
+        lambda: _register_and_restore(config, client, keys, store),
+        "Redis at the learner's start",
+        _REDIS_UNREACHABLE,
+    )
+    registry = VersionRegistry(client, keys)
     processor = LearnProcessor(
         state,
         PatientWriter(store, _REDIS_UNREACHABLE),

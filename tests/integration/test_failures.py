@@ -846,3 +846,45 @@ def _compare_rows(before: dict[int, np.ndarray], after: dict[int, np.ndarray]) -
         "median_cosine": round(float(np.median(cosine)), 6),
         "min_cosine": round(float(cosine.min()), 6),
     }
+
+
+async def test_a_learner_started_while_redis_is_down_waits_for_it(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    from reelfeed.infra import create_topics
+    from stream.learn import LearnConfig, run_learner
+
+    topic = f"{unique_name}.events"
+    await asyncio.to_thread(create_topics, kafka_bootstrap, {topic: 1})
+    layout = StackLayout(f"redis-{unique_name}", tmp_path / "redis-stack", 0, 0, free_port())
+    server = RedisServer(layout, persist=False)
+    config = LearnConfig(
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=layout.redis_url,
+        redis_prefix=unique_name,
+        events_topic=topic,
+        datadir=tmp_path,
+        version="v1",
+        model_params=orjson.loads(PARAMS),
+    )
+    stop = asyncio.Event()
+    learner = asyncio.create_task(run_learner(config, stop))
+    try:
+        await asyncio.sleep(3)
+        assert not learner.done(), "the learner gave up while Redis was down"
+        await asyncio.to_thread(server.start)
+        client = aioredis.Redis.from_url(layout.redis_url)
+        routing = RoutingStore(client, KeySchema(unique_name))
+
+        async def live() -> bool:
+            assert not learner.done(), learner.exception()
+            return (await routing.get()).live == "v1"
+
+        # The learner's backoff is at most 5 s; it registers and goes live once it can.
+        await wait_until(live, timeout=30)
+        await client.aclose()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(learner, 30)
+        await asyncio.to_thread(server.stop)
