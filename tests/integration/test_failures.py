@@ -325,6 +325,18 @@ async def serving_up(base_url: str) -> bool:
         return False
 
 
+async def serving_lists(base_url: str) -> bool:
+    """Whether the server answers with a non-empty list (it has loaded something)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session,
+            session.get(f"{base_url}/recommend/1") as response,
+        ):
+            return response.status == 200 and bool((await response.read()).strip())
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
 async def scrape_fallbacks(base_url: str) -> dict[str, float]:
     """The server's own count of popularity answers, by reason."""
     async with (
@@ -580,6 +592,8 @@ async def _redis_outage(
         ):
             await wait_until(lambda: _above(positions_total(store), 600), 90, learner)
             await wait_until(lambda: _has_matrix(store), 30, learner)
+            # The outage hits a server that has loaded what Redis held, as in production.
+            await wait_until(lambda: serving_lists(stack.base_url), 30)
             # Shut down cleanly, so it saves its data and comes back with it: an outage,
             # not a loss.
             await asyncio.to_thread(server.stop)
