@@ -88,7 +88,7 @@ def stack_roles(stack: StackLayout, settings: Settings) -> list[Role]:
                 "prometheus",
                 (
                     prometheus,
-                    f"--config.file={ops / 'prometheus' / 'prometheus.local.yml'}",
+                    f"--config.file={prometheus_config(stack, settings)}",
                     f"--storage.tsdb.path={data}",
                     f"--web.listen-address=127.0.0.1:{stack.prometheus_port}",
                     "--storage.tsdb.retention.time=7d",
@@ -115,6 +115,24 @@ def stack_roles(stack: StackLayout, settings: Settings) -> list[Role]:
             )
         )
     return roles
+
+
+def prometheus_config(stack: StackLayout, settings: Settings) -> Path:
+    """The local Prometheus config; with a relay, a copy that scrapes the relay too."""
+    local = Path(__file__).resolve().parent.parent / "ops" / "prometheus" / "prometheus.local.yml"
+    if not settings.relay_bootstrap:
+        return local
+    text = local.read_text(encoding="utf-8")
+    # The copy lives in the stack's folder: its rule file must be named by full path.
+    text = text.replace("  - alerts.yml", f"  - {local.with_name('alerts.yml')}")
+    text += (
+        "\n  - job_name: relay\n    static_configs:\n"
+        f'      - targets: ["127.0.0.1:{settings.relay_metrics_port}"]\n'
+    )
+    path = stack.root / "prometheus.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def simulated_catalog(folder: Path) -> Path:

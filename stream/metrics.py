@@ -24,6 +24,9 @@ __all__ = [
     "INGEST_LINES",
     "INGEST_REJECTED",
     "INGEST_REPLAYED",
+    "RELAY_ERRORS",
+    "RELAY_LINES",
+    "RELAY_SOURCE_TIME",
 ]
 
 INGEST_LINES = Counter(
@@ -88,4 +91,13 @@ LEARN_CONSUMER_LAG = Gauge(
     "reelfeed_learn_consumer_lag",
     "Events between the learner's position and the end of the events topic.",
     ["version", "partition"],
+)
+
+RELAY_LINES = Counter("reelfeed_relay_lines_total", "Lines copied from the site's topic.")
+RELAY_ERRORS = Counter(
+    "reelfeed_relay_errors_total", "Failed attempts to copy a batch (retried), by stage.", ["stage"]
+)
+RELAY_SOURCE_TIME = Gauge(
+    "reelfeed_relay_source_timestamp_seconds",
+    "Kafka timestamp of the newest line copied from the site's topic.",
 )

@@ -28,20 +28,12 @@ from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
+
+from stream.metrics import RELAY_ERRORS, RELAY_LINES, RELAY_SOURCE_TIME
 
 __all__ = ["Relay", "RelayConfig", "relay_key"]
 
 log = logging.getLogger(__name__)
-
-RELAYED = Counter("reelfeed_relay_lines_total", "Lines copied from the site's topic")
-RELAY_ERRORS = Counter(
-    "reelfeed_relay_errors_total", "Failed attempts to copy a batch (retried)", ["stage"]
-)
-SOURCE_TIME = Gauge(
-    "reelfeed_relay_source_timestamp_seconds",
-    "Kafka timestamp of the newest line copied from the site's topic",
-)
 
 #: Longest pause between two attempts while a broker is unreachable.
 _MAX_BACKOFF_S = 10.0
@@ -153,8 +145,10 @@ class Relay:
                 await _sleep_unless(stop, backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
         self.copied += len(records)
-        RELAYED.inc(len(records))
-        SOURCE_TIME.set(records[-1].timestamp / 1000 if records[-1].timestamp else time.time())
+        RELAY_LINES.inc(len(records))
+        RELAY_SOURCE_TIME.set(
+            records[-1].timestamp / 1000 if records[-1].timestamp else time.time()
+        )
         try:
             await consumer.commit({partition: records[-1].offset + 1})
         except KafkaError as exc:

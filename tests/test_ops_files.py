@@ -220,6 +220,7 @@ def test_every_alert_has_a_firing_and_a_quiet_rule_test(yaml: ModuleType) -> Non
         "IngestRejectedShareHigh",
         "IngestConsumerLagGrowing",
         "LearnerHitRateDropped",
+        "RelayStalled",
     }
     assert alerts - fires == set(), "alerts never shown to fire"
     assert alerts - quiet == set(), "alerts never shown to stay quiet"
@@ -249,6 +250,9 @@ def test_docs_list_the_metric_contract() -> None:
         "reelfeed_learn_prequential_tests_total",
         "reelfeed_learn_prequential_hits_total",
         "reelfeed_learn_consumer_lag",
+        "reelfeed_relay_lines_total",
+        "reelfeed_relay_errors_total",
+        "reelfeed_relay_source_timestamp_seconds",
     }
 
 
@@ -266,7 +270,7 @@ def test_stream_code_exports_the_contract_metrics() -> None:
     documented = {
         name: (kind, labels)
         for name, (kind, labels, role) in contract_table().items()
-        if role in {"ingest", "learn"}
+        if role in {"ingest", "learn", "relay"}
     }
     assert len(documented) >= 4
     assert exported == documented

@@ -137,3 +137,25 @@ def test_a_stack_with_a_relay_runs_it_instead_of_the_simulator() -> None:
     assert [role.name for role in stack_roles(dev, relayed)] == [
         "relay" if name == "sim" else name for name in simulated
     ]
+
+
+def test_with_a_relay_the_local_prometheus_scrapes_it_too(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from reelfeed.infra import StackLayout
+    from reelfeed.settings import Settings
+    from reelfeed.supervise import prometheus_config
+
+    stack = StackLayout("x", tmp_path, 1, 2, 3)
+    packaged = prometheus_config(stack, Settings())
+    assert packaged.name == "prometheus.local.yml"
+    relayed = prometheus_config(stack, Settings(relay_bootstrap="h:1", relay_topic="movielog7"))
+    assert relayed.parent == tmp_path
+    text = relayed.read_text()
+    assert "job_name: relay" in text and '"127.0.0.1:9203"' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed")
+    check = subprocess.run([promtool, "check", "config", str(relayed)], capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
