@@ -40,7 +40,13 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 #: Role services of the compose file and the `reelfeed` subcommand each runs.
-ROLES = {"ingest": "ingest", "learn": "learn", "server": "serve", "sim": "sim"}
+ROLES = {
+    "ingest": "ingest",
+    "learn": "learn",
+    "server": "serve",
+    "sim": "sim",
+    "relay": "relay",
+}
 
 #: REELFEED_* names the compose file gives to roles whose subcommand is not written yet;
 #: they are to be added to Settings with it (docs/deploy.md, "Settings").
@@ -326,7 +332,9 @@ def test_scrape_targets_match_the_ports_of_the_roles(yaml: ModuleType) -> None:
     }
     compose = _scrape_targets(yaml, "prometheus.yml")
     local = _scrape_targets(yaml, "prometheus.local.yml")
-    assert set(compose) == set(local)
+    # The local stack scrapes a relay only when one runs (reelfeed.supervise adds it).
+    assert set(compose) == set(local) | {"relay"}
+    assert compose["relay"] == [f"relay:{defaults.relay_metrics_port}"]
     for job, port in ports.items():
         assert compose[job] == [f"{job}:{port}"]
         assert local[job] == [f"127.0.0.1:{port}"]
