@@ -58,6 +58,7 @@ def ingest_config(settings: Settings) -> IngestConfig:
         popularity_half_life_s=settings.popularity_half_life,
         parse_context=ParseContext(max_user_id=settings.max_user_id),
         catalog=_catalog(settings),
+        user_api_url=settings.user_api_url,
     )
 
 

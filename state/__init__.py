@@ -13,6 +13,7 @@ from state.keys import KeySchema
 from state.model_store import Checkpoint, ItemMatrix, ModelStore, UserContext, user_row
 from state.registry import VersionRecord, VersionRegistry
 from state.routing import Routing, RoutingConflict, RoutingStore, canary_bucket, valid_version
+from state.segments import SEGMENTS, segment_genre, segment_of
 from state.snapshots import LearnerRequest, SnapshotRecord, SnapshotStore
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Routing",
     "RoutingConflict",
     "RoutingStore",
+    "SEGMENTS",
     "SnapshotRecord",
     "SnapshotStore",
     "UserContext",
@@ -37,6 +39,8 @@ __all__ = [
     "VersionRegistry",
     "WatchUpdate",
     "canary_bucket",
+    "segment_genre",
+    "segment_of",
     "user_row",
     "valid_version",
 ]

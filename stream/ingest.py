@@ -1,7 +1,8 @@
 """The ingest Faust app: raw movielog lines in; typed events, refusals and features out.
 
 The agent only batches messages and hands them to ``IngestProcessor``; everything
-that decides anything is in ``stream.parser`` and ``stream.processor``.
+that decides anything is in ``stream.parser`` and ``stream.processor``. With a user
+API configured, ``stream.profiles`` gives the processor the viewers' segments.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from stream.processor import (
     SourceLine,
     retry_while_unreachable,
 )
+from stream.profiles import ProfileLookup
 
 __all__ = ["IngestConfig", "create_app"]
 
@@ -57,6 +59,14 @@ class IngestConfig:
     duplicate_memory: int = DEFAULT_DUPLICATE_CAPACITY
     parse_context: ParseContext = field(default_factory=ParseContext)
     catalog: Catalog = field(default_factory=Catalog)
+    #: Base URL of the course user API; with it, watches also count for the viewer's
+    #: segment (``stream.profiles``). ``None``: no segment popularity.
+    user_api_url: str | None = None
+    #: Users whose segment is kept in memory, and user API requests at once.
+    profile_cache_size: int = 200_000
+    profile_max_in_flight: int = 16
+    #: Limit of one user API request, in seconds: a slow API only delays segments.
+    profile_timeout_s: float = 1.0
 
 
 class _ProducerPublisher:
@@ -170,6 +180,14 @@ def create_app(config: IngestConfig) -> faust.App:
     async def preceding_lines(topic: str, partition: int, start: int, end: int) -> list[bytes]:
         return await read_partition_range(config.kafka_bootstrap, topic, partition, start, end)
 
+    profiles: ProfileLookup | None = None
+    if config.user_api_url:
+        profiles = ProfileLookup(
+            config.user_api_url,
+            cache_size=config.profile_cache_size,
+            max_in_flight=config.profile_max_in_flight,
+            timeout_s=config.profile_timeout_s,
+        )
     processor = IngestProcessor(
         new_checker=lambda: LineValidator(context, DuplicateFilter(config.duplicate_memory)),
         publisher=publisher,
@@ -179,29 +197,41 @@ def create_app(config: IngestConfig) -> faust.App:
         # Only valid lines enter the duplicate memory, so read back more raw lines
         # than it holds: noise between them must not leave it short after a restart.
         memory=2 * config.duplicate_memory,
+        segment_of=profiles.segment if profiles is not None else None,
     )
 
     @app.agent(raw_topic)
     async def ingest(lines: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        log.info("ingesting %s into redis prefix %r", config.raw_topic, config.redis_prefix)
+        log.info(
+            "ingesting %s into redis prefix %r, segments from %s",
+            config.raw_topic,
+            config.redis_prefix,
+            config.user_api_url or "nowhere (no user API)",
+        )
         # take_events is on the concrete Stream class, not on faust's StreamT protocol.
         stream = cast(faust.Stream[bytes], lines)
-        async for batch in stream.take_events(config.batch_size, within=config.batch_seconds):
-            source = [
-                SourceLine(
-                    topic=event.message.topic,
-                    partition=event.message.partition,
-                    offset=event.message.offset,
-                    value=event.message.value or b"",
-                    timestamp_us=int(event.message.timestamp * 1_000_000),
-                )
-                for event in batch
-            ]
-            await processor.process(source)
-            last_offsets = {event.message.tp: event.message.offset for event in batch}
-            for tp, offset in last_offsets.items():
-                lag = app.consumer.highwater(tp) - offset - 1
-                metrics.INGEST_CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
-            yield None
+        try:
+            async for batch in stream.take_events(config.batch_size, within=config.batch_seconds):
+                source = [
+                    SourceLine(
+                        topic=event.message.topic,
+                        partition=event.message.partition,
+                        offset=event.message.offset,
+                        value=event.message.value or b"",
+                        timestamp_us=int(event.message.timestamp * 1_000_000),
+                    )
+                    for event in batch
+                ]
+                await processor.process(source)
+                last_offsets = {event.message.tp: event.message.offset for event in batch}
+                for tp, offset in last_offsets.items():
+                    lag = app.consumer.highwater(tp) - offset - 1
+                    metrics.INGEST_CONSUMER_LAG.labels(str(tp.partition)).set(max(lag, 0))
+                yield None
+        finally:
+            # The agent stops (shutdown, or a crash Faust restarts it from): end the
+            # profile fetches and the HTTP session; a restarted agent opens a new one.
+            if profiles is not None:
+                await profiles.close()
 
     return app

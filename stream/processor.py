@@ -11,6 +11,14 @@ The order of the steps is what makes a crash harmless:
 A crash between 2 and 3 publishes some events twice; each carries its source
 position in a header, so consumers drop the second copy. Effects in Redis are never
 applied twice, and nothing is lost because the Kafka offset is committed after 3.
+
+One effect is not a function of the lines alone: with a user API, a watch also counts
+for the viewer's segment when the viewer's profile is in memory at that moment
+(``IngestProcessor.segment_of``). Lines read again after a crash are still applied
+once, but the profiles in memory then differ from the first run's (the cache starts
+empty), so the segment lists of a replay can differ slightly from an uninterrupted
+run. They are a best-effort signal for unknown users, never part of the exactly-once
+state: the watched sets, counts, ratings and the global and genre popularity are.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from state import (
     RejectUpdate,
     RequestUpdate,
     WatchUpdate,
+    segment_genre,
 )
 from stream import metrics
 from stream.codec import encode_event, encode_rejected, event_key
@@ -162,18 +171,36 @@ PrecedingLines = Callable[[str, int, int, int], Awaitable[Sequence[bytes]]]
 
 
 def to_update(
-    result: Event | Rejected, offset: int, genres_of: Callable[[str], tuple[str, ...]]
+    result: Event | Rejected,
+    offset: int,
+    genres_of: Callable[[str], tuple[str, ...]],
+    segment: str | None = None,
 ) -> FeatureUpdate:
-    """What one parsed line changes in the features."""
+    """What one parsed line changes in the features.
+
+    A watch counts for the movie's genres and, when ``segment`` is given, for the
+    viewer's segment, kept as the pseudo-genre ``state.segment_genre(segment)``.
+
+    Examples
+    --------
+    >>> watch = WatchEvent(1_700_000_000_000_000, 7, "up+2009", 0)
+    >>> to_update(watch, 12, lambda _movie: ("Animation",), "F:25-34").genres
+    ('Animation', 'segment:F:25-34')
+    >>> to_update(watch, 12, lambda _movie: ("Animation",)).genres
+    ('Animation',)
+    """
     match result:
         case WatchEvent():
+            genres = genres_of(result.movie_id)
+            if segment is not None:
+                genres = (*genres, segment_genre(segment))
             return WatchUpdate(
                 offset,
                 result.user_id,
                 result.movie_id,
                 result.minute,
                 result.time_us / 1e6,
-                genres_of(result.movie_id),
+                genres,
             )
         case RateEvent():
             return RatingUpdate(offset, result.user_id, result.movie_id, result.rating)
@@ -216,6 +243,15 @@ class IngestProcessor:
         is the same after a restart or a rebalance as in an uninterrupted run.
     memory
         How many preceding lines the duplicate memory covers (the checker's capacity).
+    segment_of
+        The segment of a user if known now, ``None`` otherwise; it must answer at once
+        (``stream.profiles.ProfileLookup.segment``). It is asked for every valid line
+        applied, so that a user's first lines (a recommendation request, say) start the
+        profile fetch that their watches then use. ``None``: no segments. Which
+        watches count for a segment depends on what is known when a line is applied,
+        so segment lists are a best-effort signal, not exactly-once state: a replay
+        after a crash may count a few watches with or without their segment where
+        the first run did not.
     """
 
     new_checker: Callable[[], LineChecker]
@@ -224,6 +260,7 @@ class IngestProcessor:
     genres_of: Callable[[str], tuple[str, ...]] = lambda _movie: ()
     preceding_lines: PrecedingLines | None = None
     memory: int = 0
+    segment_of: Callable[[int], str | None] | None = None
     _partitions: dict[tuple[str, int], _PartitionMemory] = field(default_factory=dict)
 
     async def _checker_for(
@@ -273,7 +310,10 @@ class IngestProcessor:
                 if line.offset <= watermark:
                     replayed += 1
                     continue
-                partition_updates.append(to_update(result, line.offset, self.genres_of))
+                segment = None
+                if self.segment_of is not None and not isinstance(result, Rejected):
+                    segment = self.segment_of(result.user_id)
+                partition_updates.append(to_update(result, line.offset, self.genres_of, segment))
                 if isinstance(result, Rejected):
                     rejected.append(
                         encode_rejected(result, topic, partition, line.offset, line.timestamp_us)

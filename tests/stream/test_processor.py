@@ -127,3 +127,22 @@ async def test_partitions_are_applied_separately() -> None:
     assert features.watermarks == {("movielog", 0): 1, ("movielog", 1): 1}
     assert all(isinstance(u, WatchUpdate) for u in features.applied)
     assert log == ["publish", "apply", "apply"]
+
+
+async def test_watches_count_for_the_segment_known_when_they_are_applied() -> None:
+    log: list[str] = []
+    ingest, _, features = processor(log)
+    asked: list[int] = []
+
+    def segment_of(user_id: int) -> str | None:
+        asked.append(user_id)
+        return {1: "F:25-34"}.get(user_id)
+
+    ingest.segment_of = segment_of
+    features.watermarks[("movielog", 0)] = 0  # offset 0 was applied before a crash
+    lines = [*LINES, b"2023-10-25T07:21:01,2,GET /data/m/up+2009/0.mpg"]
+    await ingest.process(source(lines))
+    watches = [u for u in features.applied if isinstance(u, WatchUpdate)]
+    assert [(w.offset, w.genres) for w in watches] == [(1, ("segment:F:25-34",)), (5, ())]
+    # Asked for the valid lines applied: not the replayed one, the duplicate, the bad rating.
+    assert asked == [1, 2, 2]
