@@ -333,17 +333,11 @@ class Recommender:
             return self._fallback(popular.head, popular.line, version, reason or "redis_error")
         watched = context.watched
         if model is None:
-            return self._popular(state.popular, watched, version, "no_model")
+            popular = await self._segment_popular(user_id, started)
+            return self._popular(popular, watched, version, "no_model")
         vector = context.vector
         if vector is None:
-            popular = state.popular
-            if state.segments:
-                remaining = self._deadline_s - (self._clock() - started)
-                wait = min(self._profile_wait_s, remaining)
-                profile = await self._profiles.lookup(user_id, wait)
-                segment = profile.segment if profile is not None else None
-                if segment is not None:
-                    popular = state.segments.get(segment, popular)
+            popular = await self._segment_popular(user_id, started)
             return self._popular(popular, watched, version, "unknown_user")
         try:
             items = model.recommend(vector, watched, self._k, context.n_events)
@@ -357,6 +351,18 @@ class Recommender:
         return Recommendation(
             items, ",".join(items).encode(), version, model.revision, model.positions, None
         )
+
+    async def _segment_popular(self, user_id: int, started: float) -> PopularList:
+        """The popularity of the user's segment when the profile comes in time, else all."""
+        state = self._state
+        if not state.segments:
+            return state.popular
+        remaining = self._deadline_s - (self._clock() - started)
+        profile = await self._profiles.lookup(user_id, min(self._profile_wait_s, remaining))
+        segment = profile.segment if profile is not None else None
+        if segment is None:
+            return state.popular
+        return state.segments.get(segment, state.popular)
 
     def _popular(
         self, popular: PopularList, watched: frozenset[str], version: str | None, reason: str
@@ -502,10 +508,13 @@ class Refresher:
         state.set_ingest_popular(PopularList.of((movie for movie, _ in ranked), k))
         if self._segments:
             segments: dict[str, PopularList] = {}
+            overall = [movie for movie, _ in ranked]
             for segment in SEGMENTS:
                 ranked = await self._popularity.popular(pool, genre=segment_genre(segment))
                 if ranked:
-                    segments[segment] = PopularList.of((movie for movie, _ in ranked), k)
+                    # A young segment's list is short: the overall popularity fills it.
+                    movies = dict.fromkeys([movie for movie, _ in ranked] + overall)
+                    segments[segment] = PopularList.of(movies, k)
             state.segments = segments
         self._metrics.popularity_items.set(len(state.popular))
         state.refreshed_at["popularity"] = time.monotonic()

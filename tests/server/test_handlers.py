@@ -173,6 +173,20 @@ async def test_unknown_user_with_a_profile_gets_the_segment_list(
     assert all(0 <= wait <= 0.02 for _, wait in fakes.profiles.lookups)
 
 
+async def test_a_short_segment_list_is_filled_and_used_before_any_model(
+    make_app: AppFactory, fakes: Fakes
+) -> None:
+    fakes.routing.routing = Routing(live="v9")  # routed, but nothing published
+    fakes.popularity.lists[segment_genre("F:25-34")] = ["seg0", "pop3", "seg1"]
+    fakes.profiles.profiles[50] = UserProfile(50, 31, "scientist", "F")
+    async with TestClient(TestServer(make_app())) as client:
+        await refresh(client)
+        response = await client.get("/recommend/50")
+        items = (await response.text()).split(",")
+    assert response.headers["X-Fallback"] == "no_model"
+    assert items == ["seg0", "pop3", "seg1"] + [f"pop{i}" for i in range(40) if i != 3][:17]
+
+
 async def test_no_model_yet_means_popularity(client: Client, fakes: Fakes) -> None:
     fakes.routing.routing = Routing(live="v9")  # routed, but nothing published
     fakes.models.watched[4] = {"pop1"}
