@@ -294,6 +294,10 @@ class SiteStats:
     recommendations_converted: int = 0
     converted_by_version: dict[str, int] = field(default_factory=dict)
     closed_by_version: dict[str, int] = field(default_factory=dict)
+    #: Lists answered per version, and those the user picked a movie from (the list's
+    #: own effect, which conversion mixes with watches the user would have made anyway).
+    lists_by_version: dict[str, int] = field(default_factory=dict)
+    followed_by_version: dict[str, int] = field(default_factory=dict)
     recent_conversions: deque[bool] = field(default_factory=lambda: deque(maxlen=1000))
 
     def count_line(self, line: LogLine) -> None:
@@ -348,6 +352,10 @@ class SiteStats:
                 "by_version": {
                     version: round(self.converted_by_version.get(version, 0) / max(closed, 1), 4)
                     for version, closed in sorted(self.closed_by_version.items())
+                },
+                "followed_by_version": {
+                    version: round(self.followed_by_version.get(version, 0) / max(lists, 1), 4)
+                    for version, lists in sorted(self.lists_by_version.items())
                 },
             },
         }
@@ -562,6 +570,9 @@ class Site:
             if self.config.ground_truth:
                 self.truth.observe_list(call.user_id, listed, watched, version)
             chosen = self._choose_from_list(call.user_id, listed, watched)
+            stats.lists_by_version[version] = stats.lists_by_version.get(version, 0) + 1
+            if chosen is not None:
+                stats.followed_by_version[version] = stats.followed_by_version.get(version, 0) + 1
         if chosen is not None:
             session.movie, session.source, session.action = chosen, "recommended", "start"
             self._push(at + self._rng.uniform(5.0, 90.0), _SESSION, session)

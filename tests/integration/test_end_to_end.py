@@ -131,9 +131,11 @@ async def test_personalized_lists_match_tastes_better_than_popularity(
     # a listed movie. Reported for the note, not asserted: with a few hundred lists per
     # arm its noise is larger than the difference the hidden match measures.
     conversion = summary["site"]["conversion"]["by_version"]
+    followed = summary["site"]["conversion"]["followed_by_version"]
     report = {
         "truth": {"v1": personalized, "pop": popularity},
         "conversion": {"v1": conversion["v1"], "pop": conversion["pop"]},
+        "followed": {"v1": followed["v1"], "pop": followed["pop"]},
     }
     print(orjson.dumps(report).decode())
     REPORTS.mkdir(exist_ok=True)
