@@ -19,6 +19,7 @@ Layout (``p`` is the stack's prefix, ``rf`` by default)::
     p:v:<version>:matrix:rev     revision number of the published item matrix
     p:v:<version>:matrix:<rev>   the item matrix as one blob (ItemMatrix.to_bytes)
     p:v:<version>:checkpoint     the learner's whole state + the positions it covers
+    p:v:<version>:cuts           list of batch cuts, oldest first (JSON, see ModelStore)
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class KeySchema:
 
     def checkpoint(self, version: str) -> str:
         return f"{self.prefix}:v:{version}:checkpoint"
+
+    def batch_cuts(self, version: str) -> str:
+        """List of the learner's batch cuts (where each micro-batch ended), oldest first."""
+        return f"{self.prefix}:v:{version}:cuts"
 
     def routing(self) -> str:
         """Hash of the serving routing: live, canary, share, salt, revision (state.routing)."""

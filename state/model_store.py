@@ -9,6 +9,11 @@ twice.
 A user row is float32 ``[n_events, *factors]``: the event count drives the
 popularity blend of the ranking. An item row is float32 ``[bias, *factors]``.
 
+Each committed micro-batch also appends its *cut* to a capped list in the same
+transaction: the history (line of batches) it belongs to, its number in that history
+and the positions it ended at. A replay that follows the recorded cuts learns the same
+batches, hence the same factors bit for bit (``stream.learner.BatchCutter``).
+
 For serving, the learner also publishes the whole item matrix as one blob under a
 new revision every few seconds; the server polls the revision number (one GET) and
 loads the blob when it changed.
@@ -30,12 +35,16 @@ from state._replies import int_hash
 from state._replies import text as _text
 from state.keys import KeySchema
 
-__all__ = ["Checkpoint", "ItemMatrix", "ModelStore", "UserContext", "user_row"]
+__all__ = ["BatchCut", "Checkpoint", "ItemMatrix", "ModelStore", "UserContext", "user_row"]
 
 _MAGIC = b"RFIM1"
 _HEADER = struct.Struct("<5sI")
 #: Published matrices kept besides the newest, for servers still loading one.
 _KEEP_REVISIONS = 2
+#: Batch cuts kept by default: at ten batches a second, more than five hours.
+DEFAULT_CUTS_KEPT = 200_000
+#: Cuts read from Redis per round trip.
+_CUTS_PAGE = 5_000
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -142,6 +151,34 @@ class Checkpoint:
     created: float
 
 
+@dataclass(frozen=True, slots=True)
+class BatchCut:
+    """Where one of a learner's micro-batches ended.
+
+    ``history`` names a line of batches (a learner's state carries the name of the line
+    it is on), ``batch`` is the batch's number on it (0: where the line starts, before
+    any batch) and ``positions`` are the learner's positions after it.
+
+    Examples
+    --------
+    >>> cut = BatchCut("h1", 3, {"events:0": 41, "events:1": 7})
+    >>> BatchCut.from_bytes(cut.to_bytes()) == cut
+    True
+    """
+
+    history: str
+    batch: int
+    positions: dict[str, int]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"h": self.history, "n": self.batch, "p": self.positions})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> BatchCut:
+        entry = orjson.loads(raw)
+        return cls(str(entry["h"]), int(entry["n"]), {k: int(v) for k, v in entry["p"].items()})
+
+
 def _vector(raw: bytes | str | None) -> np.ndarray | None:
     return None if raw is None else np.frombuffer(_bytes(raw), dtype="<f4")
 
@@ -172,25 +209,41 @@ class ModelStore:
         The key schema of the stack.
     version
         The model version's name: its namespace.
+    cuts_kept
+        How many batch cuts the version keeps (the oldest go first).
     """
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema, version: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySchema,
+        version: str,
+        cuts_kept: int = DEFAULT_CUTS_KEPT,
+    ) -> None:
+        if cuts_kept < 1:
+            raise ValueError(f"cuts_kept must be >= 1, got {cuts_kept}")
         self._client = client
         self._keys = keys
         self.version = version
+        self.cuts_kept = cuts_kept
 
     async def commit(
         self,
         users: Mapping[int, np.ndarray],
         items: Mapping[str, np.ndarray],
         positions: Mapping[str, int],
+        cut: BatchCut | None = None,
     ) -> None:
-        """Write changed user vectors, item rows and positions, all or nothing.
+        """Write changed user vectors, item rows, positions and the batch's cut, all or
+        nothing: a batch's cut is recorded exactly when its results are.
 
         Item rows are ``[bias, *factors]``.
         """
         keys, version = self._keys, self.version
         async with self._client.pipeline(transaction=True) as pipe:
+            if cut is not None:
+                pipe.rpush(keys.batch_cuts(version), cut.to_bytes())
+                pipe.ltrim(keys.batch_cuts(version), -self.cuts_kept, -1)
             if users:
                 pipe.mset(
                     {
@@ -211,6 +264,32 @@ class ModelStore:
                     mapping={name: str(offset) for name, offset in positions.items()},
                 )
             await pipe.execute()
+
+    async def record_cut(self, cut: BatchCut) -> None:
+        """Append a cut with no batch results (the start of a history)."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._keys.batch_cuts(self.version), cut.to_bytes())
+            pipe.ltrim(self._keys.batch_cuts(self.version), -self.cuts_kept, -1)
+            await pipe.execute()
+
+    async def batch_cuts(self, history: str, since: int = 0) -> list[BatchCut]:
+        """The recorded cuts of ``history`` numbered ``since`` and later, in order.
+
+        Read page by page; only the matching cuts are kept in memory. A commit repeated
+        after a lost reply records its cut twice: the copy is left out.
+        """
+        key = self._keys.batch_cuts(self.version)
+        cuts: list[BatchCut] = []
+        start = 0
+        while True:
+            page = await self._client.lrange(key, start, start + _CUTS_PAGE - 1)
+            for raw in page:
+                cut = BatchCut.from_bytes(raw)
+                if cut.history == history and cut.batch >= since and cut not in cuts[-1:]:
+                    cuts.append(cut)
+            if len(page) < _CUTS_PAGE:
+                return cuts
+            start += _CUTS_PAGE
 
     async def positions(self) -> dict[str, int]:
         raw = await self._client.hgetall(self._keys.model_positions(self.version))

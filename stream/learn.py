@@ -5,6 +5,14 @@ and positioned from the learner's checkpoint rather than from committed offsets:
 checkpoint is the only place where the model and the positions it has learned up to
 are stored together, so starting from it neither loses nor repeats an event. Offsets
 are still committed to the version's consumer group, so Kafka's tools show its lag.
+
+Each batch's cut (the positions it ended at) is recorded in Redis with its results.
+A learner that starts from a state (a checkpoint after a restart, a restored snapshot
+after a reload) first replays along the cuts recorded after that state, so it learns
+the same batches as the first pass and reaches the same factors bit for bit; then it
+learns on, recording new cuts. A state that is on no recorded line (a first start, a
+restore with ``--skip-to``, cuts trimmed away) starts a new line, checkpointed at once:
+what was recorded after it belongs to a history that no longer is.
 """
 
 from __future__ import annotations
@@ -37,10 +45,17 @@ from state import (
     VersionRecord,
     VersionRegistry,
 )
+from state.model_store import DEFAULT_CUTS_KEPT, BatchCut
 from stream import metrics
 from stream.catalog import Catalog
 from stream.feedback import WatchProgress
-from stream.learner import EventMessage, LearnerState, LearnProcessor, PatientWriter
+from stream.learner import (
+    BatchCutter,
+    EventMessage,
+    LearnerState,
+    LearnProcessor,
+    PatientWriter,
+)
 from stream.processor import SOURCE_HEADER, retry_while_unreachable
 
 __all__ = ["LearnConfig", "create_app", "new_state", "restore_state", "run_learner"]
@@ -81,6 +96,10 @@ class LearnConfig:
     #: Seconds between periodic snapshots (0: none), and how many of them to keep.
     snapshot_interval_s: float = 0.0
     snapshot_keep: int = 4
+    #: Batch cuts kept in Redis (the oldest go first): a snapshot older than the
+    #: oldest kept cut replays with other batches, reproducing its factors only
+    #: statistically.
+    batch_cuts_kept: int = DEFAULT_CUTS_KEPT
 
     @property
     def app_id(self) -> str:
@@ -173,7 +192,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     """Learn until cancelled (or ``stop`` is set); checkpoint on the way out."""
     client = aioredis.Redis.from_url(config.redis_url)
     keys = KeySchema(config.redis_prefix)
-    store = ModelStore(client, keys, config.version)
+    store = ModelStore(client, keys, config.version, cuts_kept=config.batch_cuts_kept)
     # Redis may be down when the learner starts: wait for it rather than exit.
     state = await retry_while_unreachable(
         lambda: _register_and_restore(config, client, keys, store),
@@ -188,6 +207,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
         prequential_sample=config.prequential_sample,
         publish_interval_s=config.publish_interval_s,
         checkpoint_interval_s=config.checkpoint_interval_s,
+        record_cuts=True,
     )
     snapshots = SnapshotStore(client, keys)
     consumer = AIOKafkaConsumer(
@@ -206,6 +226,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
         partitions = await _partitions(config.kafka_bootstrap, config.events_topic)
         consumer.assign(partitions)
         await _seek(consumer, partitions, state)
+        cutter = await _replay_plan(config, store, processor)
         log.info(
             "learning %s from %s (%d partitions)",
             config.version,
@@ -217,7 +238,12 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
                 timeout_ms=int(config.batch_seconds * 1000), max_records=config.batch_size
             )
             messages = _messages(batch)
-            if messages:
+            if cutter.replaying:
+                cutter = await _replay(config, store, processor, cutter, messages)
+                if not messages and _beyond_the_topic(cutter, consumer, partitions):
+                    await _diverge(config, store, processor, cutter, "is not on the topic")
+                _pause(consumer, partitions, cutter.waiting())
+            elif messages:
                 await processor.process(messages)
             await processor.tick()
             for tp in partitions:
@@ -234,6 +260,8 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
             )
             if request is not None:
                 state = await _handle(request, config, store, processor, consumer, partitions)
+                if request.op == "reload":
+                    cutter = await _replay_plan(config, store, processor)
             if config.snapshot_interval_s > 0 and loop.time() >= next_snapshot:
                 next_snapshot = loop.time() + config.snapshot_interval_s
                 snapshot_positions = await _periodic_snapshot(
@@ -257,10 +285,136 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     return state
 
 
+async def _replay_plan(
+    config: LearnConfig, store: ModelStore, processor: LearnProcessor
+) -> BatchCutter:
+    """What to replay from the processor's state: the cuts recorded after it on its line.
+
+    The state is on its line when the cut of its last batch is recorded with its very
+    positions, followed by the later ones without a gap; otherwise (a fresh state, a
+    restore with ``--skip-to``, a cut trimmed away) a new line starts here and is
+    checkpointed, so that a crash replays the cuts recorded on it rather than those of
+    a history that no longer is. Past the last recorded cut, a replay records its
+    batches on under the next numbers, which no other batch of the line has taken.
+    """
+    state = processor.state
+
+    async def recorded() -> list[BatchCut]:
+        return await store.batch_cuts(state.history, state.batches)
+
+    cuts = await retry_while_unreachable(recorded, "reading batch cuts", _REDIS_UNREACHABLE)
+    if (
+        cuts
+        and cuts[0].positions == state.positions
+        and [cut.batch for cut in cuts] == list(range(state.batches, state.batches + len(cuts)))
+    ):
+        pending = cuts[1:]
+        if pending:
+            log.info(
+                "%s replays %d recorded batches, up to %s",
+                config.version,
+                len(pending),
+                pending[-1].positions,
+            )
+        return BatchCutter(pending, state.positions)
+    log.info(
+        "%s: batch %d of history %r is not recorded at positions %s; a new history starts",
+        config.version,
+        state.batches,
+        state.history,
+        state.positions,
+    )
+    await _new_history(store, processor)
+    return BatchCutter([], state.positions)
+
+
+async def _new_history(store: ModelStore, processor: LearnProcessor) -> None:
+    """Start a new line of batches at the state's positions: record its batch 0 and
+    checkpoint the state on it (in this order: a crash in between starts yet another)."""
+    start = processor.state.start_history()
+    await retry_while_unreachable(
+        lambda: store.record_cut(start), "recording a batch cut", _REDIS_UNREACHABLE
+    )
+    await processor.checkpoint()
+
+
+async def _replay(
+    config: LearnConfig,
+    store: ModelStore,
+    processor: LearnProcessor,
+    cutter: BatchCutter,
+    messages: list[EventMessage],
+) -> BatchCutter:
+    """Learn the recorded batches these messages complete; past the last recorded
+    cut, learn what is held as a new (recorded) batch."""
+    cutter.add(messages)
+    for batch, cut in cutter.ready():
+        report = await processor.process(batch, record=False)
+        if report.cut != cut:
+            ended = None if report.cut is None else report.cut.positions
+            await _diverge(config, store, processor, cutter, f"ended at {ended}")
+            return cutter
+    if not cutter.replaying:
+        log.info("%s replayed the recorded batches; learning on", config.version)
+        held = cutter.drain()
+        if held:
+            await processor.process(held)
+    return cutter
+
+
+async def _diverge(
+    config: LearnConfig,
+    store: ModelStore,
+    processor: LearnProcessor,
+    cutter: BatchCutter,
+    why: str,
+) -> None:
+    """The replay cannot learn the recorded batches (events gone from the topic, or
+    the topic made anew): what it learns from here is a new history, recorded as such."""
+    log.warning(
+        "%s: the recorded batch after %d of history %r %s; a new history starts",
+        config.version,
+        processor.state.batches,
+        processor.state.history,
+        why,
+    )
+    held = cutter.drain()
+    await _new_history(store, processor)
+    if held:
+        await processor.process(held)
+
+
+def _beyond_the_topic(
+    cutter: BatchCutter, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> bool:
+    """Whether the next cut lies past the end of a partition (its highwater is the
+    offset the next message will take), so that waiting for it would never end."""
+    cut = cutter.next_cut
+    if cut is None:
+        return False
+    for tp in partitions:
+        highwater = consumer.highwater(tp)
+        position = cut.positions.get(f"{tp.topic}:{tp.partition}", -1)
+        if highwater is not None and position >= highwater:
+            return True
+    return False
+
+
+def _pause(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], waiting: set[str]) -> None:
+    """Pause the partitions that reached the replay's next cut, resume the others."""
+    paused = [tp for tp in partitions if f"{tp.topic}:{tp.partition}" in waiting]
+    resumed = [tp for tp in partitions if f"{tp.topic}:{tp.partition}" not in waiting]
+    if paused:
+        consumer.pause(*paused)
+    if resumed:
+        consumer.resume(*resumed)
+
+
 async def _seek(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition], state: LearnerState
 ) -> None:
     """Position the consumer right after what the state has learned."""
+    consumer.resume(*partitions)
     for tp in partitions:
         position = state.positions.get(f"{tp.topic}:{tp.partition}")
         if position is None:

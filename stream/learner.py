@@ -7,8 +7,13 @@ It pickles whole: a checkpoint is this state at a batch boundary.
 
 ``LearnProcessor.process`` takes messages of ``reelfeed.events`` in partition order,
 learns them as one micro-batch and commits what changed (user rows and positions) to
-Redis in one transaction; ``tick`` publishes the item matrix and checkpoints on their
-intervals.
+Redis in one transaction, with the batch's cut (where it ended) when asked to record
+it; ``tick`` publishes the item matrix and checkpoints on their intervals.
+
+Learning is deterministic given the state and the batches, but the batches are
+whatever Kafka's fetches returned. ``BatchCutter`` cuts a replay along the recorded
+cuts, so a replay (after a restore, or a restart from a checkpoint) learns the very
+batches the first pass learned and ends with the same factors, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import logging
 import pickle
 import random
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -26,12 +33,14 @@ from river import stats
 
 from online_model.mf import OnlineMF
 from state import Checkpoint, ItemMatrix, user_row
+from state.model_store import BatchCut
 from stream import metrics
 from stream.codec import EventDecodeError, decode_event
 from stream.feedback import WatchProgress
 from stream.processor import retry_while_unreachable
 
 __all__ = [
+    "BatchCutter",
     "EventMessage",
     "LearnProcessor",
     "LearnReport",
@@ -74,6 +83,11 @@ def parse_source(source: bytes | None) -> tuple[str, int] | None:
     return head, int(offset)
 
 
+def new_history() -> str:
+    """A fresh name for a line of batches."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class LearnerState:
     """What a learner knows; pickled whole as its checkpoint."""
@@ -91,6 +105,16 @@ class LearnerState:
     prequential_hits: int = 0
     #: Recent prequential hit rate, an exponentially weighted mean (about 200 tests).
     recent_hit_rate: stats.EWMean = field(default_factory=lambda: stats.EWMean(0.005))
+    #: The line of batches this state is on, and how many batches of it it learned:
+    #: with the recorded cuts, what a replay from this state must learn (``BatchCut``).
+    history: str = field(default_factory=new_history)
+    batches: int = 0
+
+    def start_history(self) -> BatchCut:
+        """Start a new line of batches here; return its first cut (batch 0)."""
+        self.history = new_history()
+        self.batches = 0
+        return BatchCut(self.history, 0, dict(self.positions))
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
@@ -101,6 +125,9 @@ class LearnerState:
         state = pickle.loads(blob)  # noqa: S301
         if not isinstance(state, cls):
             raise TypeError(f"a checkpoint holds a {type(state).__name__}, not a LearnerState")
+        # A checkpoint from before batch cuts were recorded is on no recorded line.
+        state.__dict__.setdefault("history", "")
+        state.__dict__.setdefault("batches", 0)
         return state
 
 
@@ -112,6 +139,8 @@ class LearnReport:
     undecodable: int
     learned: int
     users_committed: int
+    #: Where the batch ended, when it moved the positions on.
+    cut: BatchCut | None = None
 
 
 class ModelWriter(Protocol):
@@ -120,6 +149,7 @@ class ModelWriter(Protocol):
         users: Mapping[int, np.ndarray],
         items: Mapping[str, np.ndarray],
         positions: Mapping[str, int],
+        cut: BatchCut | None = None,
     ) -> None: ...
 
     async def publish_matrix(self, matrix: ItemMatrix) -> int: ...
@@ -146,10 +176,20 @@ class PatientWriter:
         users: Mapping[int, np.ndarray],
         items: Mapping[str, np.ndarray],
         positions: Mapping[str, int],
+        cut: BatchCut | None = None,
     ) -> None:
-        await retry_while_unreachable(
-            lambda: self._writer.commit(users, items, positions), "committing a batch", self._errors
-        )
+        if cut is None:
+            await retry_while_unreachable(
+                lambda: self._writer.commit(users, items, positions),
+                "committing a batch",
+                self._errors,
+            )
+        else:
+            await retry_while_unreachable(
+                lambda: self._writer.commit(users, items, positions, cut),
+                "committing a batch",
+                self._errors,
+            )
 
     async def publish_matrix(self, matrix: ItemMatrix) -> int:
         return await retry_while_unreachable(
@@ -178,6 +218,8 @@ class LearnProcessor:
         Share of first watches of known users tested before learning.
     publish_interval_s, checkpoint_interval_s
         How often ``tick`` publishes the item matrix and checkpoints the state.
+    record_cuts
+        Whether ``process`` hands each batch's cut to the writer's ``commit``.
     """
 
     state: LearnerState
@@ -186,6 +228,7 @@ class LearnProcessor:
     prequential_sample: float = 0.2
     publish_interval_s: float = 2.0
     checkpoint_interval_s: float = 60.0
+    record_cuts: bool = False
     clock: Callable[[], float] = time.monotonic
     _last_publish: float = field(default=-1e18, init=False)
     _last_checkpoint: float = field(default=0.0, init=False)
@@ -195,7 +238,13 @@ class LearnProcessor:
     def __post_init__(self) -> None:
         self._last_checkpoint = self.clock()
 
-    async def process(self, messages: Sequence[EventMessage]) -> LearnReport:
+    async def process(self, messages: Sequence[EventMessage], record: bool = True) -> LearnReport:
+        """Learn the messages as one micro-batch and commit what changed.
+
+        A batch that moves the positions on is the state's next batch on its line; its
+        cut goes to the writer with the results when ``record_cuts`` and ``record`` (a
+        replay along recorded cuts passes ``record=False``: they are recorded already).
+        """
         started = time.perf_counter()
         state = self.state
         users: list[int] = []
@@ -237,7 +286,13 @@ class LearnProcessor:
                 delta.user_ids, delta.user_event_counts, delta.user_vectors, strict=True
             )
         }
-        if rows or (messages and replayed + duplicates + undecodable < len(messages)):
+        cut = None
+        if len(messages) > replayed:
+            state.batches += 1
+            cut = BatchCut(state.history, state.batches, dict(state.positions))
+        if self.record_cuts and record and cut is not None:
+            await self.writer.commit(rows, {}, dict(state.positions), cut)
+        elif rows or cut is not None:
             await self.writer.commit(rows, {}, dict(state.positions))
         if delta.item_ids:
             self._dirty_items = True
@@ -248,7 +303,9 @@ class LearnProcessor:
         metrics.LEARN_SKIPPED.labels(self.version, "duplicate").inc(duplicates)
         metrics.LEARN_SKIPPED.labels(self.version, "undecodable").inc(undecodable)
         metrics.LEARN_BATCH_SECONDS.labels(self.version).observe(time.perf_counter() - started)
-        return LearnReport(len(messages), replayed, duplicates, undecodable, len(users), len(rows))
+        return LearnReport(
+            len(messages), replayed, duplicates, undecodable, len(users), len(rows), cut
+        )
 
     def _maybe_test(self, user_id: int, movie_id: str) -> None:
         """Prequential test: was the movie in the user's top 20 before learning it?"""
@@ -313,6 +370,93 @@ class LearnProcessor:
             self.state.events_learned,
             self.state.positions,
         )
+
+
+class BatchCutter:
+    """Cuts consumed messages into the batches a recorded line of batches learned.
+
+    Messages go in as they are consumed (any grouping, each partition in offset
+    order); a batch comes out when every partition has reached the next cut, holding
+    the messages up to the cut in the order the live learner had them (by partition,
+    then offset). Messages past the cut wait for the next one; ``waiting`` names the
+    partitions the consumer should pause meanwhile, so what is held stays within a
+    fetch per partition.
+
+    Parameters
+    ----------
+    cuts
+        The recorded cuts still to replay, in order.
+    positions
+        The positions the replay starts from (older messages are dropped).
+
+    Examples
+    --------
+    >>> m = lambda p, o: EventMessage("ev", p, o, b"")
+    >>> cutter = BatchCutter([BatchCut("h", 1, {"ev:0": 1, "ev:1": 0})], {})
+    >>> cutter.add([m(0, 0), m(0, 1), m(0, 2)])
+    >>> cutter.ready(), sorted(cutter.waiting())
+    ([], ['ev:0'])
+    >>> cutter.add([m(1, 0)])
+    >>> [[(x.partition, x.offset) for x in batch] for batch, _ in cutter.ready()]
+    [[(0, 0), (0, 1), (1, 0)]]
+    >>> cutter.replaying, [(x.partition, x.offset) for x in cutter.drain()]
+    (False, [(0, 2)])
+    """
+
+    def __init__(self, cuts: Sequence[BatchCut], positions: Mapping[str, int]) -> None:
+        self._cuts = deque(cuts)
+        self._start = dict(positions)
+        self._reached = dict(positions)
+        self._held: dict[str, deque[EventMessage]] = {}
+
+    @property
+    def replaying(self) -> bool:
+        """Whether recorded cuts remain to be replayed."""
+        return bool(self._cuts)
+
+    @property
+    def next_cut(self) -> BatchCut | None:
+        return self._cuts[0] if self._cuts else None
+
+    def add(self, messages: Sequence[EventMessage]) -> None:
+        for message in messages:
+            name = f"{message.topic}:{message.partition}"
+            if message.offset <= self._start.get(name, -1):
+                continue
+            self._held.setdefault(name, deque()).append(message)
+            self._reached[name] = max(self._reached.get(name, -1), message.offset)
+
+    def ready(self) -> list[tuple[list[EventMessage], BatchCut]]:
+        """The batches whose cut every partition has reached, in order, with their cuts."""
+        batches = []
+        while self._cuts and all(
+            self._reached.get(name, -1) >= offset
+            for name, offset in self._cuts[0].positions.items()
+        ):
+            cut = self._cuts.popleft()
+            batch: list[EventMessage] = []
+            for name, held in self._held.items():
+                end = cut.positions.get(name, -1)
+                while held and held[0].offset <= end:
+                    batch.append(held.popleft())
+            batch.sort(key=lambda message: message.partition)
+            batches.append((batch, cut))
+        return batches
+
+    def waiting(self) -> set[str]:
+        """Partitions that reached the next cut: fetching more of them only piles up."""
+        if not self._cuts:
+            return set()
+        cut = self._cuts[0].positions
+        return {name for name, offset in self._reached.items() if offset >= cut.get(name, -1)}
+
+    def drain(self) -> list[EventMessage]:
+        """Stop replaying: the held messages, in the order a live batch has them."""
+        self._cuts.clear()
+        batch = [message for held in self._held.values() for message in held]
+        self._held.clear()
+        batch.sort(key=lambda message: message.partition)
+        return batch
 
 
 def _ranking_params(model: OnlineMF) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
@@ -15,10 +16,12 @@ from aiokafka import AIOKafkaProducer
 from online_model.feedback import FeedbackWeights
 from reelfeed.infra import create_topics
 from state import KeySchema, LearnerRequest, ModelStore, SnapshotStore, VersionRegistry
+from state.model_store import BatchCut
 from stream.codec import encode_event, event_key
 from stream.events import Event, Rejected
 from stream.feedback import WatchProgress
-from stream.learner import LearnerState
+from stream.learn import LearnConfig, _replay_plan, new_state
+from stream.learner import LearnerState, LearnProcessor
 from stream.parser import parse_line
 from stream.processor import SOURCE_HEADER
 from tests.integration.workers import WorkerProcess, synthetic_stream, wait_until
@@ -196,3 +199,126 @@ async def test_sigkill_then_restart_learns_what_an_uninterrupted_run_learns(
 async def _checkpoint_after(store: ModelStore, sent: float) -> bool:
     checkpoint = await store.load_checkpoint()
     return checkpoint is not None and checkpoint.created >= sent
+
+
+@pytest.mark.slow
+async def test_after_sigkill_the_restart_replays_the_recorded_batches_bit_for_bit(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    """The killed learner committed user rows batch by batch past its last checkpoint;
+    the restart learns those batches again along their recorded cuts, so it ends with
+    the very rows the killed one had committed, and records none of them twice."""
+    events = events_of(900, seed=13)
+    half = len(events) // 2
+    topic = f"{unique_name}.events"
+    await asyncio.to_thread(create_topics, kafka_bootstrap, {topic: 2})
+    env = learn_env(
+        kafka_bootstrap, redis_url, unique_name, topic, REELFEED_LEARN_CHECKPOINT_INTERVAL="3600"
+    )
+    store = ModelStore(redis_client, KeySchema(unique_name), "v1")
+    snapshots = SnapshotStore(redis_client, KeySchema(unique_name))
+    first = WorkerProcess("learn", env, tmp_path, "first")
+    first.start()
+    try:
+        await produce_events(kafka_bootstrap, topic, events[:half], duplicates=0)
+        await wait_until(until(lambda: learned_everything(store, half)), 90, first)
+        request = LearnerRequest("checkpoint")
+        await snapshots.send("v1", request)
+        await wait_until(until(lambda: _checkpoint_after(store, request.sent)), 30, first)
+        # In several fetches, so in several batches: each waits for the previous one.
+        step = (len(events) - half) // 4 + 1
+        for start in range(half, len(events), step):
+            chunk = events[start : start + step]
+            await produce_events(kafka_bootstrap, topic, chunk, duplicates=0, first_offset=start)
+            reached = start + len(chunk)
+            await wait_until(
+                until(lambda reached=reached: learned_everything(store, reached)), 90, first
+            )
+    finally:
+        first.kill()
+    checkpoint = await store.load_checkpoint()
+    assert checkpoint is not None
+    at_checkpoint = LearnerState.from_bytes(checkpoint.state)
+    lost = await store.batch_cuts(at_checkpoint.history, at_checkpoint.batches)
+    assert lost[0].positions == checkpoint.positions and len(lost) >= 5
+    total, per_user = expected_learning(events)
+    killed_rows = await store.users(per_user)
+    assert set(killed_rows) == set(per_user)
+
+    second = WorkerProcess("learn", env, tmp_path, "second")
+    second.start()
+    try:
+
+        async def checkpointed_everything() -> bool:
+            # Positions in Redis are the killed learner's: ask for checkpoints instead.
+            request = LearnerRequest("checkpoint")
+            await snapshots.send("v1", request)
+            await wait_until(until(lambda: _checkpoint_after(store, request.sent)), 30, second)
+            checkpoint = await store.load_checkpoint()
+            assert checkpoint is not None
+            return sum(o + 1 for o in checkpoint.positions.values()) >= len(events)
+
+        await wait_until(checkpointed_everything, 90, second)
+    finally:
+        assert second.stop() == 0, second.log_tail()
+    state = await final_state(store)
+    assert state.events_learned == total
+    for user, row in killed_rows.items():
+        vector = state.model.user_vector(user)
+        assert vector is not None and state.model.user_events(user) == row[0]
+        assert np.array_equal(vector.astype("<f4"), row[1:])
+    assert (state.history, state.batches) == (at_checkpoint.history, lost[-1].batch)
+    assert await store.batch_cuts(at_checkpoint.history, at_checkpoint.batches) == lost
+
+
+async def test_batch_cuts_are_recorded_with_their_batch_capped_and_read_once(
+    redis_client: aioredis.Redis, unique_name: str
+) -> None:
+    keys = KeySchema(unique_name)
+    store = ModelStore(redis_client, keys, "v1", cuts_kept=4)
+    await store.record_cut(BatchCut("old", 0, {}))
+    for batch in range(1, 6):
+        cut = BatchCut("h", batch, {"events:0": 10 * batch})
+        await store.commit({}, {}, cut.positions, cut)
+    # A commit repeated after a lost reply records its cut twice; it is read once.
+    await store.commit({}, {}, cut.positions, cut)
+    assert await redis_client.llen(keys.batch_cuts("v1")) == 4
+    assert await store.positions() == {"events:0": 50}
+    assert [c.batch for c in await store.batch_cuts("h")] == [3, 4, 5]
+    assert [c.batch for c in await store.batch_cuts("h", since=4)] == [4, 5]
+    assert await store.batch_cuts("old") == []
+
+
+async def test_a_state_off_its_recorded_line_starts_a_new_history(
+    redis_client: aioredis.Redis, unique_name: str, tmp_path: Path
+) -> None:
+    keys = KeySchema(unique_name)
+    store = ModelStore(redis_client, keys, "v1")
+    config = LearnConfig("unused:0", "redis://unused", unique_name, "events", tmp_path, "v1")
+    state = new_state(config)
+    state.positions = {"events:0": 10}
+    state.batches = 2
+    for batch, offset in [(2, 10), (3, 14), (4, 20)]:
+        cut = BatchCut(state.history, batch, {"events:0": offset})
+        await store.commit({}, {}, cut.positions, cut)
+    processor = LearnProcessor(state, store, "v1", record_cuts=True)
+
+    # On its line: the cuts after it are replayed.
+    cutter = await _replay_plan(config, store, processor)
+    assert cutter.next_cut == BatchCut(state.history, 3, {"events:0": 14})
+    assert await store.load_checkpoint() is None
+
+    # Restored past a poisoned range (`--skip-to`): the recorded batches no longer fit.
+    line = state.history
+    state.positions = {"events:0": 12}
+    cutter = await _replay_plan(config, store, processor)
+    assert not cutter.replaying
+    assert state.history != line and state.batches == 0
+    assert await store.batch_cuts(state.history) == [BatchCut(state.history, 0, state.positions)]
+    checkpoint = await store.load_checkpoint()
+    assert checkpoint is not None
+    assert LearnerState.from_bytes(checkpoint.state).history == state.history

@@ -3,36 +3,35 @@
 The learner runs on the real stack (its loop, in this process): it learns a first part
 of the events, is snapshotted at a batch boundary, then learns the rest as it arrives
 and publishes an item matrix whose positions (the watermark a provenance record
-carries) cover everything. The test restores the snapshot's state, replays the events
-topic up to that watermark and compares with what the live learner had at the
-watermark: the published item matrix and the user rows in Redis.
+carries) cover everything. Then the snapshot is restored (``reelfeed snapshot
+restore``) into the running learner, which replays the topic from the snapshot's
+positions along the batch cuts it recorded while learning live, and the test compares
+what it has at the watermark with what the live learner had there: the published item
+matrix and the user rows in Redis.
 
 What it finds (and asserts):
 
-- Replayed in the live learner's micro-batches, the model is the same bit for bit:
-  item factors, biases, popularity and every user row. Everything that draws random
-  numbers (new vectors, negative samples, prequential sampling) keeps its generator in
-  the pickled state, and numpy's float32 arithmetic gives the same bits on one machine
-  for the same operations on the same shapes.
+- Replayed along the recorded cuts, the model is the same bit for bit: item factors,
+  biases, popularity and every user row. Everything that draws random numbers (new
+  vectors, negative samples, prequential sampling) keeps its generator in the pickled
+  state, and numpy's float32 arithmetic gives the same bits on one machine for the
+  same operations on the same shapes.
 - Replayed in other micro-batches, every count is the same (positions, events learned,
   per-user event counts, the movies known) but the factors are not, and not within any
   small tolerance: they differ by about 90% of their norm. The batch decides which
   events are learned together from the same parameters (``OnlineMF.learn_many`` learns
   a batch in waves), how the seeded sampler's draws are cut into negatives, and in
   which order the partitions' events interleave (hence which new row gets which initial
-  vector). The live learner's batches are whatever Kafka's fetches returned; they are
-  not recorded, so the test records them from the learner's per-batch commits. A replay
-  without them (``snapshot restore``, or reading the topic afresh) reproduces the counts
-  exactly and the factors only statistically.
+  vector). The live batches are whatever Kafka's fetches returned, which is why the
+  learner records where each ended (``ModelStore.batch_cuts``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +39,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from reelfeed.buildinfo import code_sha, package_versions
+from reelfeed.cli import main
 from reelfeed.infra import create_topics
 from state import Checkpoint, ItemMatrix, KeySchema, LearnerRequest, ModelStore, SnapshotStore
 from stream.codec import encode_event, event_key
@@ -47,7 +47,7 @@ from stream.events import Event
 from stream.learn import LearnConfig, _messages, run_learner
 from stream.learner import EventMessage, LearnerState, LearnProcessor
 from stream.processor import SOURCE_HEADER
-from tests.integration.test_learn_worker import events_of, expected_learning
+from tests.integration.test_learn_worker import events_of, expected_learning, learn_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -177,26 +177,6 @@ async def read_messages(
     return sorted(messages, key=lambda m: (m.partition, m.offset))
 
 
-def cut(
-    messages: Sequence[EventMessage], positions: dict[str, int], ends: Sequence[dict[str, int]]
-) -> list[list[EventMessage]]:
-    """The messages in the learner's batches, given the positions after each batch (a
-    batch holds its partitions' messages in partition order, as ``_messages`` puts them)."""
-    batches = []
-    before = dict(positions)
-    for after in ends:
-        batch = [
-            m
-            for m in messages
-            if before.get(f"{m.topic}:{m.partition}", -1)
-            < m.offset
-            <= after.get(f"{m.topic}:{m.partition}", -1)
-        ]
-        batches.append(batch)
-        before = dict(after)
-    return batches
-
-
 async def replay(snapshot_state: bytes, batches: Sequence[Sequence[EventMessage]]) -> LearnerState:
     state = LearnerState.from_bytes(snapshot_state)
     processor = LearnProcessor(state, _Discard(), "replay")
@@ -205,26 +185,23 @@ async def replay(snapshot_state: bytes, batches: Sequence[Sequence[EventMessage]
     return state
 
 
-def replay_user_rows(state: LearnerState, users: Sequence[int]) -> dict[int, np.ndarray]:
-    model = state.model
-    rows = {}
-    for user in users:
-        vector = model.user_vector(user)
-        assert vector is not None
-        row = np.empty(vector.shape[0] + 1, dtype="<f4")
-        row[0] = model.user_events(user)
-        row[1:] = vector
-        rows[int(user)] = row
-    return rows
+def same_matrix(one: ItemMatrix, other: ItemMatrix) -> bool:
+    return (
+        one.movie_ids == other.movie_ids
+        and np.array_equal(one.factors, other.factors)
+        and np.array_equal(one.biases, other.biases)
+        and one.popularity is not None
+        and other.popularity is not None
+        and np.array_equal(one.popularity, other.popularity)
+    )
 
 
-async def test_replaying_a_snapshot_to_a_watermark_gives_the_live_factors(
+async def test_restoring_a_snapshot_replays_to_the_live_factors_bit_for_bit(
     kafka_bootstrap: str,
     redis_url: str,
     redis_client: aioredis.Redis,
     unique_name: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     events = events_of(700, seed=31)
     third = len(events) // 3
@@ -235,20 +212,7 @@ async def test_replaying_a_snapshot_to_a_watermark_gives_the_live_factors(
     keys = KeySchema(unique_name)
     store = ModelStore(redis_client, keys, "v1")
     snapshots = SnapshotStore(redis_client, keys)
-
-    # Where each of the live learner's micro-batches ended: it commits every batch with
-    # the positions it reached. Kafka's fetches decide these; the replay needs them.
-    batch_ends: list[dict[str, int]] = []
-    commit = ModelStore.commit
-
-    async def recording_commit(
-        self: ModelStore, users: Any, items: Any, positions: Mapping[str, int]
-    ) -> None:
-        if self.version == "v1" and self._keys.prefix == unique_name:
-            batch_ends.append(dict(positions))
-        await commit(self, users, items, positions)
-
-    monkeypatch.setattr(ModelStore, "commit", recording_commit)
+    total, per_user = expected_learning(events)
 
     async with learner(config) as task:
         await produce_to_partitions(kafka_bootstrap, topic, parts[0])
@@ -267,54 +231,77 @@ async def test_replaying_a_snapshot_to_a_watermark_gives_the_live_factors(
         assert checkpoint is not None and checkpoint.positions == first_end
         snapshot = await snapshots.create("v1", checkpoint)
 
-        # The rest arrives while the learner learns, in two bursts.
+        # The rest arrives while the learner learns, in two bursts learned apart.
         await produce_to_partitions(kafka_bootstrap, topic, parts[1], first_source=third)
-        await asyncio.sleep(0.05)
+        second_end = end_positions(topic, events[: 2 * third])
+
+        async def learned_second() -> bool:
+            return await store.positions() == second_end
+
+        await wait_for(learned_second, 60, task)
         await produce_to_partitions(kafka_bootstrap, topic, parts[2], first_source=2 * third)
         watermark = end_positions(topic, events)
         await wait_for(lambda: matrix_at(store, watermark), 60, task)
         live_matrix = await matrix_at(store, watermark)
         assert live_matrix is not None
-    snapshot_state = await snapshots.state(snapshot.id)
-    assert snapshot_state is not None
+        live_revision = live_matrix.revision
+        live_rows = await store.users(per_user)
+        assert set(live_rows) == set(per_user)
 
-    messages = await read_messages(kafka_bootstrap, topic, snapshot.positions, watermark)
-    after_snapshot = [
-        ends for ends in batch_ends if sum(ends.values()) > sum(snapshot.positions.values())
-    ]
-    assert after_snapshot[-1] == watermark
-    batches = cut(messages, snapshot.positions, after_snapshot)
-    replayed = await replay(snapshot_state, batches)
+        # The live learner recorded where its batches after the snapshot ended.
+        snapshot_state = await snapshots.state(snapshot.id)
+        assert snapshot_state is not None
+        at_snapshot = LearnerState.from_bytes(snapshot_state)
+        recorded = await store.batch_cuts(at_snapshot.history, at_snapshot.batches)
+        assert recorded[0].positions == snapshot.positions
+        assert len(recorded) >= 3 and recorded[-1].positions == watermark
+
+        # `reelfeed snapshot restore` while the learner runs: it reloads the snapshot
+        # and replays from its positions, every event already on the topic.
+        env = learn_env(kafka_bootstrap, redis_url, unique_name, topic)
+        assert await asyncio.to_thread(main, ["snapshot", "restore", snapshot.id], env) == 0
+
+        async def replayed_to_watermark() -> ItemMatrix | None:
+            matrix = await matrix_at(store, watermark)
+            return matrix if matrix is not None and matrix.revision > live_revision else None
+
+        await wait_for(replayed_to_watermark, 60, task)
+        replayed_matrix = await replayed_to_watermark()
+        assert replayed_matrix is not None
+        replayed_rows = await store.users(per_user)
+    replayed = await final_state_of(store)
     assert replayed.positions == watermark
-    total, per_user = expected_learning(events)
     assert replayed.events_learned == total
     assert {u: replayed.model.user_events(u) for u in per_user} == dict(per_user)
+    # The replay stayed on the recorded line, and recorded nothing twice.
+    assert (replayed.history, replayed.batches) == (at_snapshot.history, recorded[-1].batch)
+    assert await store.batch_cuts(at_snapshot.history, at_snapshot.batches) == recorded
 
-    # Bit for bit: the item matrix the live learner published at the watermark...
-    matrix = LearnProcessor(replayed, _Discard(), "replay").item_matrix()
-    assert matrix.movie_ids == live_matrix.movie_ids
-    assert matrix.factors.tobytes() == live_matrix.factors.tobytes()
-    assert matrix.biases.tobytes() == live_matrix.biases.tobytes()
-    assert live_matrix.popularity is not None and matrix.popularity is not None
-    assert matrix.popularity.tobytes() == live_matrix.popularity.tobytes()
-    # ...and every user row it committed to Redis.
-    live_rows = await store.users(per_user)
-    assert set(live_rows) == set(per_user)
-    replay_rows = replay_user_rows(replayed, list(per_user))
-    assert all(replay_rows[u].tobytes() == live_rows[u].tobytes() for u in per_user)
+    # Bit for bit: the item matrix published at the watermark...
+    assert same_matrix(replayed_matrix, live_matrix)
+    # ...and every user row committed to Redis.
+    assert set(replayed_rows) == set(per_user)
+    assert all(np.array_equal(replayed_rows[u], live_rows[u]) for u in per_user)
 
     # Other batches: the same counts, other factors (by far more than rounding).
+    messages = await read_messages(kafka_bootstrap, topic, snapshot.positions, watermark)
     small = [messages[i : i + 97] for i in range(0, len(messages), 97)]
-    assert [len(batch) for batch in small] != [len(batch) for batch in batches]
     rebatched = await replay(snapshot_state, small)
     assert rebatched.positions == watermark
     assert rebatched.events_learned == total
     assert {u: rebatched.model.user_events(u) for u in per_user} == dict(per_user)
-    assert set(rebatched.model.item_ids) == set(replayed.model.item_ids)
     other = LearnProcessor(rebatched, _Discard(), "replay").item_matrix()
-    order = [other.movie_ids.index(movie) for movie in matrix.movie_ids]
-    difference = np.linalg.norm(other.factors[order] - matrix.factors) / np.linalg.norm(
-        matrix.factors
+    assert set(other.movie_ids) == set(live_matrix.movie_ids)
+    order = [other.movie_ids.index(movie) for movie in live_matrix.movie_ids]
+    difference = np.linalg.norm(other.factors[order] - live_matrix.factors) / np.linalg.norm(
+        live_matrix.factors
     )
     print(f"relative difference of the item factors with other batches: {difference:.3f}")
     assert difference > 1e-3
+
+
+async def final_state_of(store: ModelStore) -> LearnerState:
+    """The state the learner checkpointed on its way out."""
+    checkpoint = await store.load_checkpoint()
+    assert checkpoint is not None
+    return LearnerState.from_bytes(checkpoint.state)
