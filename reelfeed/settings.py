@@ -130,6 +130,9 @@ class Settings:
     #: Periodic snapshots kept per version; older ones are deleted (manual ones never).
     #: Each is a whole learner state in Redis: about 60 MB per 100k users (bench.snapshots).
     snapshot_keep: int = 4
+    #: Batch ends the learner keeps, so that a replay can follow the live batches and
+    #: reproduce the factors bit for bit (about 5.5 h at 10 batches a second).
+    learn_batch_cuts_kept: int = 200_000
     #: Half-life of the popularity decay, in seconds of event time.
     popularity_half_life: float = 86_400.0
     #: Largest user id accepted from the stream.

@@ -91,6 +91,7 @@ def learn_config(settings: Settings, environ: Mapping[str, str]) -> LearnConfig:
         checkpoint_interval_s=settings.learn_checkpoint_interval,
         snapshot_interval_s=settings.snapshot_interval,
         snapshot_keep=settings.snapshot_keep,
+        batch_cuts_kept=settings.learn_batch_cuts_kept,
         catalog=_catalog(settings),
         code_sha=code_sha(environ),
         packages=package_versions(),
