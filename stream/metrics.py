@@ -24,6 +24,8 @@ __all__ = [
     "INGEST_LINES",
     "INGEST_REJECTED",
     "INGEST_REPLAYED",
+    "PROFILE_FETCHES",
+    "PROFILE_LOOKUPS",
     "RELAY_ERRORS",
     "RELAY_LINES",
     "RELAY_SOURCE_TIME",
@@ -100,4 +102,15 @@ RELAY_ERRORS = Counter(
 RELAY_SOURCE_TIME = Gauge(
     "reelfeed_relay_source_timestamp_seconds",
     "Kafka timestamp of the newest line copied from the site's topic.",
+)
+
+PROFILE_LOOKUPS = Counter(
+    "reelfeed_ingest_profile_lookups_total",
+    "Segment lookups of the ingest app, by result (hit, miss, saturated).",
+    ["result"],
+)
+PROFILE_FETCHES = Counter(
+    "reelfeed_ingest_profile_fetches_total",
+    "User API requests of the ingest app, by outcome (found, unknown, failed).",
+    ["outcome"],
 )

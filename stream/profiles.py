@@ -32,24 +32,14 @@ from collections.abc import Callable
 
 import aiohttp
 import orjson
-from prometheus_client import Counter
 
 from state.segments import segment_of
+from stream.metrics import PROFILE_FETCHES, PROFILE_LOOKUPS
 
 __all__ = ["PROFILE_FETCHES", "PROFILE_LOOKUPS", "ProfileLookup", "segment_of_document"]
 
 log = logging.getLogger(__name__)
 
-PROFILE_LOOKUPS = Counter(
-    "reelfeed_ingest_profile_lookups_total",
-    "Segment lookups of the ingest app, by result (hit, miss, saturated).",
-    ["result"],
-)
-PROFILE_FETCHES = Counter(
-    "reelfeed_ingest_profile_fetches_total",
-    "User API requests of the ingest app, by outcome (found, unknown, failed).",
-    ["outcome"],
-)
 # Bound once: a lookup is made for every valid line, and ``labels()`` costs a dict
 # look-up and a lock each time.
 _HIT = PROFILE_LOOKUPS.labels("hit")

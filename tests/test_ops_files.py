@@ -256,6 +256,8 @@ def test_docs_list_the_metric_contract() -> None:
         "reelfeed_learn_prequential_tests_total",
         "reelfeed_learn_prequential_hits_total",
         "reelfeed_learn_consumer_lag",
+        "reelfeed_ingest_profile_lookups_total",
+        "reelfeed_ingest_profile_fetches_total",
         "reelfeed_relay_lines_total",
         "reelfeed_relay_errors_total",
         "reelfeed_relay_source_timestamp_seconds",
