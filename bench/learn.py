@@ -19,7 +19,7 @@ Both learn the same events: the worker's final checkpoint must report the same n
 of learned updates as the in-process run (``same_learning``).
 
 Run: ``.venv/bin/python -m bench.learn [--sessions N]`` (honours
-``REELFEED_TEST_PORT_OFFSET``; starts the test stack's Kafka and Redis if they are down).
+``TEST_STACK_PORT_OFFSET``; starts the test stack's Kafka and Redis if they are down).
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ class _DroppingWriter:
         users: Mapping[int, np.ndarray],
         items: Mapping[str, np.ndarray],
         positions: Mapping[str, int],
+        cut: object = None,
     ) -> None:
         return None
 

@@ -23,7 +23,7 @@ compressed with zlib level 1 (what a compressed snapshot would weigh).
 Each time is the median of ``--repeat`` runs. Prints one JSON object.
 
 Run: ``.venv/bin/python -m bench.snapshots [--users 100000] [--movies 27000]``
-(honours ``REELFEED_TEST_PORT_OFFSET``).
+(honours ``TEST_STACK_PORT_OFFSET``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def course_events(users: int, movies: int, movies_per_user: float, seed: int) ->
 
 
 class _Discard:
-    async def commit(self, users: object, items: object, positions: object) -> None:
+    async def commit(
+        self, users: object, items: object, positions: object, cut: object = None
+    ) -> None:
         return None
 
     async def publish_matrix(self, matrix: object) -> int:

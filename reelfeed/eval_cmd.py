@@ -278,32 +278,20 @@ def _bound(offsets: Mapping[int | None, int] | None, partition: int) -> int | No
     return offsets.get(partition, offsets.get(None))
 
 
-async def _kafka_partitions(bootstrap: str, topic: str) -> list[int]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (description,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if description.get("error_code") or not description.get("partitions"):
-        raise EvalError(f"topic {topic!r} cannot be read (error {description.get('error_code')})")
-    return sorted(int(p["partition"]) for p in description["partitions"])
-
-
 async def _read_kafka_range(source: _KafkaRange, reading: _MovielogReading) -> dict[str, Any]:
     """Feed the range's records to ``reading``, partition by partition, in offset order.
 
     The end of each partition is fixed before reading (the ``to`` bound, or the end offset
     at start): lines produced meanwhile are not read, and the replay ends by itself.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
-    partitions = [
-        TopicPartition(source.topic, p)
-        for p in await _kafka_partitions(source.bootstrap, source.topic)
-    ]
+    from stream.kafka_io import TopicUnreadable, topic_partitions
+
+    try:
+        partitions = await topic_partitions(source.bootstrap, source.topic)
+    except TopicUnreadable as exc:
+        raise EvalError(str(exc)) from None
     consumer = AIOKafkaConsumer(
         bootstrap_servers=source.bootstrap,
         group_id=None,

@@ -81,9 +81,13 @@ STACKS: Mapping[str, StackLayout] = {
 
 
 def testing_stack(environ: Mapping[str, str]) -> StackLayout:
-    """The test stack, moved by ``REELFEED_TEST_PORT_OFFSET`` so two suites can run at once."""
+    """The test stack, moved by ``TEST_STACK_PORT_OFFSET`` so two suites can run at once.
+
+    The variable belongs to the test harness, not to a reelfeed process: it has no
+    ``REELFEED_`` prefix, which ``Settings.from_env`` keeps for settings.
+    """
     base = STACKS["test"]
-    offset = int(environ.get("REELFEED_TEST_PORT_OFFSET") or 0)
+    offset = int(environ.get("TEST_STACK_PORT_OFFSET") or 0)
     if offset == 0:
         return base
     return StackLayout(

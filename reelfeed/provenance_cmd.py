@@ -35,12 +35,12 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from reelfeed.settings import Settings
 from state import KeySchema, SnapshotRecord, SnapshotStore, VersionRecord, VersionRegistry
 from stream.codec import EventDecodeError, decode_event
 from stream.events import RateEvent, RecommendationEvent, WatchEvent
+from stream.kafka_io import TopicUnreadable, topic_partitions
 from stream.learner import parse_source
 from stream.processor import SOURCE_HEADER
 
@@ -110,16 +110,10 @@ class _Reader:
         await self._consumer.stop()
 
     async def partitions(self, topic: str) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
-        await admin.start()
         try:
-            (description,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        if description.get("error_code") or not description.get("partitions"):
-            raise ProvenanceError(f"topic {topic!r} cannot be read (does it exist?)")
-        numbers = sorted(p["partition"] for p in description["partitions"])
-        return [TopicPartition(topic, number) for number in numbers]
+            return await topic_partitions(self._bootstrap, topic)
+        except TopicUnreadable as exc:
+            raise ProvenanceError(f"{exc} (does it exist?)") from None
 
     async def bounds(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
         """``[log start, end)`` of each partition."""

@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 __all__ = ["PREFIX", "Settings", "SettingsError"]
 
 PREFIX = "REELFEED_"
-#: Variables with the prefix that belong to the test harness, not to a process.
-NOT_SETTINGS = frozenset({"REELFEED_TEST_PORT_OFFSET"})
 
 T = TypeVar("T")
 
@@ -158,7 +156,7 @@ class Settings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, raw in environ.items():
-            if not key.startswith(PREFIX) or key in NOT_SETTINGS:
+            if not key.startswith(PREFIX):
                 continue
             name = key[len(PREFIX) :].lower()
             field = fields.get(name)

@@ -5,8 +5,29 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-__all__ = ["read_partition_range"]
+__all__ = ["TopicUnreadable", "read_partition_range", "topic_partitions"]
+
+
+class TopicUnreadable(RuntimeError):
+    """The broker does not describe the topic (it does not exist, or is not readable)."""
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, in order; :class:`TopicUnreadable` when it has none."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if description.get("error_code") or not description.get("partitions"):
+        raise TopicUnreadable(
+            f"topic {topic!r} cannot be read (error {description.get('error_code')})"
+        )
+    numbers = sorted(int(p["partition"]) for p in description["partitions"])
+    return [TopicPartition(topic, number) for number in numbers]
 
 
 async def read_partition_range(

@@ -30,7 +30,6 @@ import faust
 import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -49,6 +48,7 @@ from state.model_store import DEFAULT_CUTS_KEPT, BatchCut
 from stream import metrics
 from stream.catalog import Catalog
 from stream.feedback import WatchProgress
+from stream.kafka_io import topic_partitions
 from stream.learner import (
     BatchCutter,
     EventMessage,
@@ -223,7 +223,7 @@ async def run_learner(config: LearnConfig, stop: asyncio.Event | None = None) ->
     next_snapshot = loop.time() + config.snapshot_interval_s
     snapshot_positions: dict[str, int] | None = None
     try:
-        partitions = await _partitions(config.kafka_bootstrap, config.events_topic)
+        partitions = await topic_partitions(config.kafka_bootstrap, config.events_topic)
         consumer.assign(partitions)
         await _seek(consumer, partitions, state)
         cutter = await _replay_plan(config, store, processor)
@@ -487,21 +487,6 @@ async def _periodic_snapshot(
         pruned or "none",
     )
     return dict(record.positions)
-
-
-async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (description,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if description.get("error_code"):
-        raise RuntimeError(f"topic {topic!r} cannot be read: error {description['error_code']}")
-    return [
-        TopicPartition(topic, p["partition"])
-        for p in sorted(description["partitions"], key=lambda p: p["partition"])
-    ]
 
 
 async def _commit(consumer: AIOKafkaConsumer, state: LearnerState) -> None:

@@ -178,18 +178,11 @@ class PatientWriter:
         positions: Mapping[str, int],
         cut: BatchCut | None = None,
     ) -> None:
-        if cut is None:
-            await retry_while_unreachable(
-                lambda: self._writer.commit(users, items, positions),
-                "committing a batch",
-                self._errors,
-            )
-        else:
-            await retry_while_unreachable(
-                lambda: self._writer.commit(users, items, positions, cut),
-                "committing a batch",
-                self._errors,
-            )
+        await retry_while_unreachable(
+            lambda: self._writer.commit(users, items, positions, cut),
+            "committing a batch",
+            self._errors,
+        )
 
     async def publish_matrix(self, matrix: ItemMatrix) -> int:
         return await retry_while_unreachable(
@@ -290,10 +283,9 @@ class LearnProcessor:
         if len(messages) > replayed:
             state.batches += 1
             cut = BatchCut(state.history, state.batches, dict(state.positions))
-        if self.record_cuts and record and cut is not None:
-            await self.writer.commit(rows, {}, dict(state.positions), cut)
-        elif rows or cut is not None:
-            await self.writer.commit(rows, {}, dict(state.positions))
+        if rows or cut is not None:
+            recorded = cut if self.record_cuts and record else None
+            await self.writer.commit(rows, {}, dict(state.positions), recorded)
         if delta.item_ids:
             self._dirty_items = True
         if len(messages) > replayed:

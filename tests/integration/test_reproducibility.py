@@ -140,7 +140,9 @@ def end_positions(topic: str, events: Sequence[Event]) -> dict[str, int]:
 class _Discard:
     """A ``ModelWriter`` that keeps nothing: the replay is compared in memory."""
 
-    async def commit(self, users: object, items: object, positions: object) -> None:
+    async def commit(
+        self, users: object, items: object, positions: object, cut: object = None
+    ) -> None:
         return None
 
     async def publish_matrix(self, matrix: ItemMatrix) -> int:
