@@ -141,11 +141,12 @@ def simulated_catalog(folder: Path) -> Path:
     The world is the one ``python -m sim`` builds with its default arguments (the sim
     role's), so the workers know the same movies the simulated site streams.
     """
-    from sim.world import World, WorldConfig
+    from sim.cli import build_parser, world_config
+    from sim.world import World
 
     path = folder / "catalog.csv"
     if not path.exists():
-        world = World.build(WorldConfig(catalog="course", movies=27_000, users=1_000_000, seed=0))
+        world = World.build(world_config(build_parser().parse_args([])))
         partial = path.with_suffix(".partial")
         world.write_catalog(partial)
         partial.replace(path)

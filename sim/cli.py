@@ -33,7 +33,7 @@ from sim.simulation import FileSink, KafkaSink, LineSink, Simulation, Simulation
 from sim.site import SiteConfig
 from sim.world import World, WorldConfig
 
-__all__ = ["build_parser", "main", "parse_attack", "parse_faults"]
+__all__ = ["build_parser", "main", "parse_attack", "parse_faults", "world_config"]
 
 log = logging.getLogger("sim")
 
@@ -205,6 +205,18 @@ def _check_keys(pairs: dict[str, str], known: set[str], name: str) -> None:
         raise ValueError(f"--attack {name}: unknown keys {unknown} (known: {sorted(known)})")
 
 
+def world_config(args: argparse.Namespace) -> WorldConfig:
+    """The world of these command-line arguments (``build_parser().parse_args([])``: the
+    world a simulator started without arguments plays)."""
+    return WorldConfig(
+        catalog=args.catalog,
+        movies=args.movies or None,
+        users=args.users,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+
+
 def _config(args: argparse.Namespace) -> SimulationConfig:
     faults = parse_faults(args.faults, noise=not args.no_noise)
     for spec in args.attack:
@@ -220,13 +232,7 @@ def _config(args: argparse.Namespace) -> SimulationConfig:
         parsed = datetime.fromisoformat(args.start)
         start = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     return SimulationConfig(
-        world=WorldConfig(
-            catalog=args.catalog,
-            movies=args.movies or None,
-            users=args.users,
-            seed=args.seed,
-            data_dir=args.data_dir,
-        ),
+        world=world_config(args),
         site=SiteConfig(
             speed=args.speed,
             lines_per_second=args.lines_per_second,
