@@ -42,6 +42,7 @@ from reelfeed.buildinfo import code_sha, package_versions
 from reelfeed.cli import main
 from reelfeed.infra import create_topics
 from state import Checkpoint, ItemMatrix, KeySchema, LearnerRequest, ModelStore, SnapshotStore
+from stream import metrics
 from stream.codec import encode_event, event_key
 from stream.events import Event
 from stream.learn import LearnConfig, _messages, run_learner
@@ -117,17 +118,37 @@ async def learner(config: LearnConfig) -> AsyncIterator[asyncio.Task[LearnerStat
 async def wait_for(
     condition: Callable[[], Awaitable[object]], timeout: float, task: asyncio.Task[LearnerState]
 ) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            if task.done():
-                task.result()  # raises what stopped the learner
-                raise AssertionError("the learner stopped")
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await condition():
+                if task.done():
+                    task.result()  # raises what stopped the learner
+                    raise AssertionError("the learner stopped")
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not reached within {timeout} s; {_learner_seen()}") from None
+
+
+_last_matrix_positions: dict[str, int] | None = None
 
 
 async def matrix_at(store: ModelStore, positions: dict[str, int]) -> ItemMatrix | None:
+    global _last_matrix_positions
     matrix = await store.load_matrix()
+    _last_matrix_positions = None if matrix is None else dict(matrix.positions)
     return matrix if matrix is not None and matrix.positions == positions else None
+
+
+def _learner_seen() -> str:
+    """What the learner had when a wait ran out: the last published positions and its
+    consumer lag per partition (from this process's metrics)."""
+    lags = {
+        sample.labels["partition"]: sample.value
+        for family in metrics.LEARN_CONSUMER_LAG.collect()
+        for sample in family.samples
+        if sample.labels.get("version") == "v1"
+    }
+    return f"last published matrix positions {_last_matrix_positions}, consumer lag {lags}"
 
 
 def end_positions(topic: str, events: Sequence[Event]) -> dict[str, int]:
