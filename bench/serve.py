@@ -1,7 +1,12 @@
 """Serving benchmark: ``GET /recommend/<uid>`` under wrk, against a minimal aiohttp server.
 
-Puts 100k users (k=32 vectors, realistic watched sets) and a 27k-movie item matrix
-into the test stack's Redis under a unique prefix, starts the real server
+Puts 100k users (realistic watched sets) and an item matrix into the test stack's Redis
+under a unique prefix. By default the model is the default one learned on a simulated
+day of the streaming site (``bench.learned``: 84 dimensions, the model's own popularity
+blend, every movie the day's traffic touched), its user rows repeated over the 100k
+users; ``--data synthetic`` gives the older synthetic factors (27k movies, k=32, no
+blend published: the server's 1.0 applies, which lets its pruning skip most of the
+catalog). It starts the real server
 (``server.run_server``) and a minimal aiohttp app that answers a fixed 20-id line
 (same uvloop, no access log, same worker count), and drives each with wrk on loopback
 (64 connections, user ids spread over all users by a Lua script). Prints one JSON
@@ -11,7 +16,8 @@ and provenance counters and its latency at 4 connections (service time). For eac
 also the load average, wrk's CPU share and, per server process, the share of the run it
 spent on a CPU and waiting for one: whether more workers can help on this machine.
 
-Run: ``.venv/bin/python -m bench.serve [--seconds 10] [--workers 1 2] [--no-kafka]``.
+Run: ``.venv/bin/python -m bench.serve [--seconds 10] [--workers 1 2] [--no-kafka]
+[--data learned|synthetic] [--sim-hours 24]``.
 Everything runs on this machine, so wrk competes with the server for the cores.
 """
 
@@ -21,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import pickle
 import re
 import resource
 import signal
@@ -36,6 +43,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
+from bench.learned import learn_simulated_site
 from reelfeed.infra import KafkaBroker, RedisServer, create_topics, testing_stack
 from state import ItemMatrix, KeySchema, ModelStore, RoutingStore, user_row
 
@@ -105,43 +113,88 @@ end
 """
 
 
-async def _seed(client: aioredis.Redis, prefix: str) -> dict[str, int]:
-    keys = KeySchema(prefix)
-    store = ModelStore(client, keys, VERSION)
+def _synthetic_model() -> tuple[ItemMatrix, list[np.ndarray]]:
+    """Factors with a taste structure (users and movies mix a few latent genres), and no
+    ranking parameters: the server's configured blend (1.0) applies. Kept to compare with
+    figures measured before the learned data."""
     rng = np.random.default_rng(42)
-    # Factors with a taste structure: users and movies mix a few latent genres.
     genres = rng.standard_normal((12, FACTORS)).astype(np.float32) * 0.6
     movie_mix = rng.dirichlet(np.full(12, 0.3), MOVIES).astype(np.float32)
     factors = movie_mix @ genres + rng.standard_normal((MOVIES, FACTORS)).astype(np.float32) * 0.1
     popularity = rng.pareto(1.1, MOVIES).astype(np.float32)
     biases = (0.3 * np.log1p(popularity)).astype(np.float32)
     movie_ids = tuple(f"movie+{i}+{1950 + i % 70}" for i in range(MOVIES))
-    for start in range(0, USERS, 10_000):
-        users = range(start + 1, min(start + 10_000, USERS) + 1)
-        mix = rng.dirichlet(np.full(12, 0.3), len(users)).astype(np.float32)
-        vectors = mix @ genres + rng.standard_normal((len(users), FACTORS)).astype(np.float32) * 0.1
-        events = rng.geometric(1 / 40, len(users))
-        rows = {u: user_row(int(n), v) for u, n, v in zip(users, events, vectors, strict=True)}
-        await store.commit(rows, {}, {})
+    mix = rng.dirichlet(np.full(12, 0.3), USERS).astype(np.float32)
+    vectors = mix @ genres + rng.standard_normal((USERS, FACTORS)).astype(np.float32) * 0.1
+    events = rng.geometric(1 / 40, USERS)
+    rows = [user_row(int(n), v) for n, v in zip(events, vectors, strict=True)]
     matrix = ItemMatrix(
         movie_ids, factors, biases, 0, popularity, {"reelfeed.events:0": 1, "reelfeed.events:1": 1}
     )
+    return matrix, rows
+
+
+def _learned_model(
+    hours: float, cache: Path | None
+) -> tuple[ItemMatrix, list[np.ndarray], dict[str, object]]:
+    """The default model after ``hours`` of the simulated site (``bench.learned``); its
+    user rows repeat over the benchmark's users. With ``cache``, the model is read from
+    that file when it holds one of as many hours, and written there otherwise."""
+    learned = None
+    if cache is not None and cache.exists():
+        kept = pickle.loads(cache.read_bytes())
+        if kept.get("hours") == hours:
+            learned = kept["model"]
+    if learned is None:
+        learned = learn_simulated_site(hours)
+        if cache is not None:
+            cache.write_bytes(pickle.dumps({"hours": hours, "model": learned}))
+    rows = [learned.user_rows[user] for user in sorted(learned.user_rows)]
+    about: dict[str, object] = {
+        "simulated_hours": hours,
+        "site_lines": learned.lines,
+        "events_learned": learned.events_learned,
+        "distinct_user_rows": len(rows),
+        "ranking": learned.matrix.ranking,
+        "learn_seconds": round(learned.seconds, 1),
+    }
+    return learned.matrix, rows, about
+
+
+async def _seed(
+    client: aioredis.Redis, prefix: str, matrix: ItemMatrix, rows: list[np.ndarray]
+) -> dict[str, int]:
+    keys = KeySchema(prefix)
+    store = ModelStore(client, keys, VERSION)
+    rng = np.random.default_rng(42)
+    for start in range(0, USERS, 10_000):
+        users = range(start + 1, min(start + 10_000, USERS) + 1)
+        await store.commit({u: rows[(u - 1) % len(rows)] for u in users}, {}, {})
     await store.publish_matrix(matrix)
+    movie_ids = matrix.movie_ids
+    n_movies = len(movie_ids)
+    assert matrix.popularity is not None
+    popularity = np.asarray(matrix.popularity, dtype=np.float64)
     # Watched sets (as the ingest worker keeps them), skewed to popular movies.
-    weights = popularity / popularity.sum()
+    weights = (popularity + 1e-3 * popularity.max()) / (popularity + 1e-3 * popularity.max()).sum()
     watched_total = 0
     for start in range(0, USERS, 2_000):
         async with client.pipeline(transaction=False) as pipe:
             for user in range(start + 1, min(start + 2_000, USERS) + 1):
                 count = int(rng.geometric(1 / 15))
-                movies = rng.choice(MOVIES, size=min(count, 300), p=weights)
+                movies = rng.choice(n_movies, size=min(count, 300), p=weights)
                 pipe.hset(keys.watched(user), mapping={movie_ids[m]: 1 for m in movies})
                 watched_total += len(set(movies.tolist()))
             await pipe.execute()
     top = np.argsort(-popularity)[:2_000]
     await client.zadd(keys.popularity(), {movie_ids[i]: float(popularity[i]) for i in top})
     await RoutingStore(client, keys).set_live(VERSION)
-    return {"users": USERS, "movies": MOVIES, "factors": FACTORS, "watched": watched_total}
+    return {
+        "users": USERS,
+        "movies": n_movies,
+        "dimensions": int(matrix.factors.shape[1]),
+        "watched": watched_total,
+    }
 
 
 async def _drop(client: aioredis.Redis, prefix: str) -> None:
@@ -349,6 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-kafka", action="store_true", help="provenance to a closed port")
+    parser.add_argument(
+        "--data",
+        choices=["learned", "synthetic"],
+        default="learned",
+        help="the default model learned on the simulated site, or the older synthetic factors",
+    )
+    parser.add_argument("--sim-hours", type=float, default=24.0, help="simulated hours learned")
+    parser.add_argument(
+        "--learned-cache", type=Path, help="a file to keep the learned model in between runs"
+    )
     args = parser.parse_args(argv)
 
     stack = testing_stack(os.environ)
@@ -362,10 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         create_topics(stack.kafka_bootstrap, {topic: 4})
         bootstrap, kafka = stack.kafka_bootstrap, f"{stack.kafka_bootstrap} topic {topic}"
 
+    data: dict[str, object] = {"kind": args.data}
+    if args.data == "learned":
+        matrix, rows, data["model"] = _learned_model(args.sim_hours, args.learned_cache)
+    else:
+        matrix, rows = _synthetic_model()
+
     async def seed() -> dict[str, int]:
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            return await _seed(client, prefix)
+            return await _seed(client, prefix, matrix, rows)
         finally:
             await client.aclose()
 
@@ -383,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         seeding = time.monotonic()
-        report["data"] = asyncio.run(seed())
+        data.update(asyncio.run(seed()))
+        report["data"] = data
         report["seed_seconds"] = round(time.monotonic() - seeding, 1)
         with tempfile.TemporaryDirectory(prefix="reelfeed-bench-") as tmp:
             folder = Path(tmp)

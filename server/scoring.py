@@ -27,6 +27,15 @@ times a second:
 - **No per-request allocation of catalog-sized arrays**: the blend term of users with
   a long history is computed once per revision, scores go into buffers owned by the
   scorer (requests are scored one at a time on the event loop).
+- **Batches**: the users whose requests reach scoring in the same pass of the event
+  loop are scored in one product (:meth:`ModelScorer.recommend_many`). With the
+  learned model's own popularity blend (0.1) little of a catalog can be pruned, and a
+  product of the whole catalog with one vector streams the matrix from memory for one
+  user (about 150 us on 27k movies x 84 dimensions here), while a product with 32
+  vectors runs at the core's arithmetic peak (about 34 us per user); the bias and the
+  blend ride in it as two more dimensions, and the candidates of each user are read
+  from the groups whose maximum reaches its bound only. Fewer than four users are
+  scored one by one, with pruning.
 - **Sorting a few dozen candidates**: the candidates of the pruned product are the
   scored items that reach the floor, sorted by score and then catalog index. On the
   full product, the candidates are the
@@ -39,7 +48,7 @@ times a second:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +69,11 @@ _MAX_PRUNED_SHARE = 1 / 3
 _FIRST_BLOCKS = 4
 #: Rows per group of the k-th score's floor in the pruned product.
 _GROUP_ROWS = 16
+#: Users scored together in one matrix product at most (larger batches are split).
+MAX_BATCH = 64
+#: Fewer users than this are scored one by one (with pruning): below it, one product
+#: for all of them saves too little to pay for the whole catalog.
+_MIN_BATCH = 4
 
 
 def _block_max(
@@ -155,8 +169,15 @@ class ModelScorer:
         self._scores = self._buffer[:n_items]
         self._rows = self._buffer.reshape(_GROUP_SIZE, groups)
         self._group_max = np.empty(groups, dtype=np.float32)
+        #: For batches (allocated at the first): the catalog transposed, with biases and
+        #: log popularity as two more rows, and the scores, one row per user.
+        self._batch_catalog = np.empty((0, 0), dtype=np.float32)
+        self._batch_scores: npt.NDArray[np.float32] | None = None
+        self._group_offsets = np.empty(0, dtype=np.intp)
         order = np.lexsort((np.arange(n_items), -popularity.astype(np.float64)))
         self._popular_order = order
+        #: Movie id -> its catalog index (watched movies of a batch are looked up here).
+        self._index = {movie: item for item, movie in enumerate(self.movie_ids)}
         self._prepare_pruning()
 
     def _prepare_pruning(self) -> None:
@@ -236,6 +257,148 @@ class ModelScorer:
             top = self._full_top(vector, weight, self._sorted_items[excluded], k)
         ids = self.movie_ids
         return [ids[i] for i in top.tolist()]
+
+    def recommend_many(
+        self,
+        vectors: Sequence[npt.NDArray[np.float32]],
+        watched: Sequence[Collection[str]],
+        k: int,
+        n_events: Sequence[int],
+    ) -> list[list[str] | ScoringError]:
+        """:meth:`recommend` for several users at once, in one matrix product.
+
+        One product of the catalog with many vectors costs far less per user than one
+        product per vector (the catalog is read once, and BLAS blocks the work: measured
+        2.5x on 12.6k movies x 84 dimensions with 16 users), and the blend, the
+        exclusions, the candidate bound and the final sort are one numpy call each for
+        the whole batch. The lists are :meth:`recommend`'s, up to float32 rounding: a
+        product of several vectors may sum a score in another order than a product of
+        one, so items whose scores are equal to within one rounding can swap. A user
+        whose vector does not fit gets a :class:`ScoringError` in its place.
+        """
+        results: list[list[str] | ScoringError] = []
+        batch: list[int] = []
+        dimensions = self.dimensions
+        for index, vector in enumerate(vectors):
+            if vector.shape != (dimensions,):
+                results.append(
+                    ScoringError(f"user vector of shape {vector.shape} for k={dimensions}")
+                )
+            else:
+                results.append([])
+                batch.append(index)
+        if len(batch) < _MIN_BATCH or k <= 0:
+            for index in batch:
+                try:
+                    items = self.recommend(vectors[index], watched[index], k, n_events[index])
+                except ScoringError as exc:
+                    results[index] = exc
+                else:
+                    results[index] = items
+            return results
+        for start in range(0, len(batch), MAX_BATCH):
+            chunk = batch[start : start + MAX_BATCH]
+            matrix = np.stack([vectors[index] for index in chunk])
+            finite = np.isfinite(matrix).all(axis=1)
+            if not finite.all():
+                fits = [bool(ok) for ok in np.asarray(finite)]
+                for index, ok in zip(chunk, fits, strict=True):
+                    if not ok:
+                        results[index] = ScoringError("user vector is not finite")
+                chunk = [index for index, ok in zip(chunk, fits, strict=True) if ok]
+                matrix = matrix[finite]
+                if not chunk:
+                    continue
+            weight, cold = self._popularity_weight, self._cold_start_events
+            tops = self._batch_top(
+                matrix,
+                [blend_weight(n_events[index], weight, cold) for index in chunk],
+                [watched[index] for index in chunk],
+                k,
+            )
+            ids = self.movie_ids
+            for index, top in zip(chunk, tops, strict=True):
+                results[index] = [ids[i] for i in top]
+        return results
+
+    def _batch_top(
+        self,
+        matrix: npt.NDArray[np.float32],
+        weights: list[float],
+        watched: list[Collection[str]],
+        k: int,
+    ) -> list[list[int]]:
+        """The top ``k`` catalog indices for each row of ``matrix`` (one user each), as
+        ``_full_top`` finds them for one user, with one numpy call per step for all.
+
+        The bias and the popularity blend ride in the product: the catalog is kept
+        transposed with two more rows (biases and log popularity), and each user's
+        vector gets two more columns (1 and its blend weight).
+        """
+        n_items = self.n_items
+        users = matrix.shape[0]
+        if self._batch_scores is None:
+            catalog = np.empty((self.dimensions + 2, n_items), dtype=np.float32)
+            catalog[: self.dimensions] = self._factors.T
+            catalog[self.dimensions] = self._biases
+            catalog[self.dimensions + 1] = self._popularity_scores
+            self._batch_catalog = catalog
+            groups = self._buffer.shape[0] // _GROUP_SIZE
+            self._group_offsets = np.arange(_GROUP_SIZE, dtype=np.intp) * groups
+            # Padding columns stay -inf: they never reach a bound that would select them.
+            self._batch_scores = np.full(
+                (MAX_BATCH, self._buffer.shape[0]), -np.inf, dtype=np.float32
+            )
+        extended = np.empty((users, self.dimensions + 2), dtype=np.float32)
+        extended[:, : self.dimensions] = matrix
+        extended[:, self.dimensions] = 1.0
+        extended[:, self.dimensions + 1] = weights
+        padded = self._batch_scores[:users]
+        scores = padded[:, :n_items]
+        np.matmul(extended, self._batch_catalog, out=scores)
+        index = self._index
+        excluded_users: list[int] = []
+        excluded_items: list[int] = []
+        for user, movies in enumerate(watched):
+            for item in map(index.get, movies):
+                if item is not None:
+                    excluded_users.append(user)
+                    excluded_items.append(item)
+        if excluded_items:
+            scores[excluded_users, excluded_items] = -np.inf
+        # The candidate bound of _top for every user: the k-th largest of the group
+        # maxima (item i in group i % groups), which k distinct groups reach. Only the
+        # groups whose maximum reaches it can hold a candidate: their items are read,
+        # not the whole catalog's.
+        groups = padded.shape[1] // _GROUP_SIZE
+        if 0 < k < groups:
+            maxima = padded.reshape(users, _GROUP_SIZE, groups).max(axis=1)
+            bounds = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+            # A user whose bound is not finite (fewer than k groups with a finite score)
+            # takes every item as a candidate, as top_k on the full array does.
+            bounds[~np.isfinite(bounds)] = -np.inf
+            owners, reached = (maxima >= bounds[:, np.newaxis]).nonzero()
+            items = (reached[:, np.newaxis] + self._group_offsets).ravel()
+            owners = np.repeat(owners, _GROUP_SIZE)
+            values = padded[owners, items]
+            candidates = values >= bounds[owners]
+            owners, items, values = owners[candidates], items[candidates], values[candidates]
+        else:
+            owners, items = (scores > -np.inf).nonzero()
+            values = scores[owners, items]
+        scored = values > -np.inf  # excluded movies never come back, nor do NaN scores
+        if not scored.all():
+            owners, items, values = owners[scored], items[scored], values[scored]
+        # By user, then best first, ties to the lower catalog index (as top_k).
+        order = np.lexsort((items, -values, owners))
+        owners, items = owners[order], items[order]
+        ends = np.searchsorted(owners, np.arange(1, users + 1)).tolist()
+        tops: list[list[int]] = []
+        begin = 0
+        for end in ends:
+            tops.append(items[begin : min(end, begin + k)].tolist())
+            begin = end
+        return tops
 
     def sorted_positions(self, movies: Collection[str]) -> list[int]:
         """Rows of the known ``movies`` in the scorer's sorted arrays (for ``_pruned_top``)."""

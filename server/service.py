@@ -3,7 +3,8 @@
 Per request, :meth:`Recommender.recommend` reads only memory and makes one Redis round
 trip (the user's vector and watched movies), bounded by a hard deadline. Everything
 else (the routing, the item matrices, the popularity lists) is in memory, kept fresh
-by :class:`Refresher`, which polls Redis in the background.
+by :class:`Refresher`, which polls Redis in the background. Concurrent requests share
+their round trip (``RedisModelSource``) and their scoring (:class:`_ScoringBatches`).
 
 Which list a user gets:
 
@@ -34,6 +35,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -259,6 +263,67 @@ class _Deadlines:
             waits.popleft()
 
 
+class _Scoring(NamedTuple):
+    vector: npt.NDArray[np.float32]
+    watched: frozenset[str]
+    n_events: int
+    future: asyncio.Future[list[str]]
+
+
+class _ScoringBatches:
+    """Scores together the users whose contexts arrived in one pass of the event loop.
+
+    The contexts of concurrent requests come back from one Redis round trip (see
+    ``RedisModelSource``), so their requests resume in the same pass; each asks for its
+    list here, and the next pass scores everyone of a model in one matrix product
+    (``ModelScorer.recommend_many``). A lone request waits one pass of the loop, and a
+    handful are scored one by one as before.
+    """
+
+    def __init__(self, k: int) -> None:
+        self._k = k
+        self._pending: dict[ModelScorer, list[_Scoring]] = {}
+
+    def recommend(
+        self,
+        model: ModelScorer,
+        vector: npt.NDArray[np.float32],
+        watched: frozenset[str],
+        n_events: int,
+    ) -> asyncio.Future[list[str]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[str]] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        waiting = self._pending.get(model)
+        if waiting is None:
+            waiting = self._pending[model] = []
+        waiting.append(_Scoring(vector, watched, n_events, future))
+        return future
+
+    def _flush(self) -> None:
+        batches, self._pending = self._pending, {}
+        for model, waiting in batches.items():
+            # A request that left meanwhile (its client went away) is not scored.
+            waiting = [entry for entry in waiting if not entry.future.done()]
+            try:
+                lists = model.recommend_many(
+                    [entry.vector for entry in waiting],
+                    [entry.watched for entry in waiting],
+                    self._k,
+                    [entry.n_events for entry in waiting],
+                )
+            except Exception as exc:  # a bug: every request of the batch falls back
+                for entry in waiting:
+                    entry.future.set_exception(exc)
+                continue
+            for entry, items in zip(waiting, lists, strict=True):
+                if isinstance(items, ScoringError):
+                    entry.future.set_exception(items)
+                else:
+                    entry.future.set_result(items)
+
+
 class Recommender:
     """Answers one user: routing, one Redis round trip under a deadline, scoring, fallbacks.
 
@@ -297,6 +362,7 @@ class Recommender:
             config.redis_failures_to_open, config.redis_retry_s, config.deadline_s, clock
         )
         self._deadlines = _Deadlines(config.deadline_s)
+        self._scoring = _ScoringBatches(config.list_length)
         self._model_errors_logged: set[tuple[str, int]] = set()
 
     async def recommend(self, user_id: int) -> Recommendation:
@@ -340,7 +406,7 @@ class Recommender:
             popular = await self._segment_popular(user_id, started)
             return self._popular(popular, watched, version, "unknown_user")
         try:
-            items = model.recommend(vector, watched, self._k, context.n_events)
+            items = await self._scoring.recommend(model, vector, watched, context.n_events)
         except ScoringError as exc:
             if (model.version, model.revision) not in self._model_errors_logged:
                 self._model_errors_logged.add((model.version, model.revision))

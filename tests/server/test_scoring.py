@@ -97,6 +97,84 @@ def test_scorer_matches_ranking_table(
     )
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    n_items=st.integers(1, 3000),
+    k=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    ties=st.booleans(),
+    with_popularity=st.booleans(),
+    list_length=st.integers(0, 40),
+    users=st.integers(1, 12),
+    watched_share=st.floats(0, 1),
+    weight=st.sampled_from([0.0, 0.5, 1.0]),
+    cold=st.sampled_from([0.0, 3.0]),
+)
+def test_a_batch_gets_each_users_list(
+    n_items: int,
+    k: int,
+    seed: int,
+    ties: bool,
+    with_popularity: bool,
+    list_length: int,
+    users: int,
+    watched_share: float,
+    weight: float,
+    cold: float,
+) -> None:
+    matrix = _matrix(n_items, k, seed, ties, with_popularity)
+    popularity = matrix.popularity if matrix.popularity is not None else np.zeros(n_items)
+    table = RankingTable(matrix.movie_ids, matrix.factors, matrix.biases, popularity, weight, cold)
+    scorer = ModelScorer("v", matrix, weight, cold)
+    rng = np.random.default_rng(seed + 1)
+    vectors, watched, events = [], [], []
+    for _ in range(users):
+        vector = rng.standard_normal(k).astype(np.float32)
+        if ties:
+            vector = np.round(vector).astype(np.float32)
+        kind = rng.random()
+        if kind < 0.1:
+            vector = np.ones(k + 1, np.float32)  # does not fit the matrix
+        elif kind < 0.2:
+            vector[0] = np.nan
+        vectors.append(vector)
+        watched.append(
+            frozenset({m for m in matrix.movie_ids if rng.random() < watched_share} | {"x"})
+        )
+        events.append(int(rng.integers(0, 50)))
+    lists = scorer.recommend_many(vectors, watched, list_length, events)
+    assert len(lists) == users
+    for vector, seen, n_events, got in zip(vectors, watched, events, lists, strict=True):
+        if vector.shape != (k,) or not np.isfinite(vector).all():
+            assert isinstance(got, ScoringError)
+            continue
+        assert isinstance(got, list)
+        expected = table.recommend(vector, n_events, seen, list_length)
+        blend = blend_weight(n_events, weight, cold) * popularity_log_scores(popularity)
+        _assert_same_ranking(got, expected, matrix, vector, blend.astype(float), set(seen))
+
+
+def test_a_large_batch_is_scored_in_parts_with_the_same_lists() -> None:
+    matrix = _matrix(2_000, 8, 5, False, True)
+    assert matrix.popularity is not None
+    table = RankingTable(
+        matrix.movie_ids, matrix.factors, matrix.biases, matrix.popularity, 0.1, 1.0
+    )
+    scorer = ModelScorer("v", matrix, 0.1, 1.0)
+    rng = np.random.default_rng(9)
+    vectors = list(rng.standard_normal((150, 8)).astype(np.float32))
+    watched = [frozenset(f"m{i}" for i in rng.integers(0, 2_000, 30)) for _ in range(150)]
+    events = [int(n) for n in rng.integers(0, 20, 150)]
+    lists = scorer.recommend_many(vectors, watched, 20, events)
+    for vector, seen, n_events, got in zip(vectors, watched, events, lists, strict=True):
+        expected = table.recommend(vector, n_events, seen, 20)
+        blend = blend_weight(n_events, 0.1, 1.0) * popularity_log_scores(matrix.popularity)
+        assert isinstance(got, list)
+        _assert_same_ranking(got, expected, matrix, vector, blend.astype(float), set(seen))
+    # Whatever the batch before it left in the buffers, a user's list stays the same.
+    assert scorer.recommend_many(vectors[:5], watched[:5], 20, events[:5]) == lists[:5]
+
+
 def test_scorer_refuses_what_it_cannot_score() -> None:
     matrix = _matrix(100, 4, 0, False, True)
     scorer = ModelScorer("v", matrix)
