@@ -6,7 +6,14 @@ popularity_i``, top ``k`` with ties to the lower index, watched movies excluded.
 test checks it) while avoiding most of the work a server would repeat thousands of
 times a second:
 
-- **Pruning by an upper bound.** With a popularity blend, most of a catalog cannot
+- **A bound per movie, compiled** (``server.pruning``, tried first): the learned part
+  of each vector is bounded by Cauchy-Schwarz, the fixed genre columns that follow it
+  are scored exactly per genre combination, and only the movies whose bound reaches
+  the k-th best score so far get a score. On the default model learned on a simulated
+  day (``bench.learned``) that is about one movie in a hundred. It gives up beyond a
+  sixteenth of the catalog, and the steps below take over (for good, when it gave
+  up for most of a revision's first 64 users).
+- **Pruning by an upper bound on blocks.** With a popularity blend, most of a catalog cannot
   reach a user's top 20: ``b_i + w(n) * log popularity_i`` is far below the best
   scores, and ``<u, q_i> <= |u| |q_i|``. Items are stored sorted by ``c_i = b_i +
   w_min * log popularity_i`` (``w(n) >= w_min``, and the log is never positive, so
@@ -28,14 +35,13 @@ times a second:
   a long history is computed once per revision, scores go into buffers owned by the
   scorer (requests are scored one at a time on the event loop).
 - **Batches**: the users whose requests reach scoring in the same pass of the event
-  loop are scored in one product (:meth:`ModelScorer.recommend_many`). With the
-  learned model's own popularity blend (0.1) little of a catalog can be pruned, and a
-  product of the whole catalog with one vector streams the matrix from memory for one
-  user (about 150 us on 27k movies x 84 dimensions here), while a product with 32
-  vectors runs at the core's arithmetic peak (about 34 us per user); the bias and the
-  blend ride in it as two more dimensions, and the candidates of each user are read
-  from the groups whose maximum reaches its bound only. Fewer than four users are
-  scored one by one, with pruning.
+  loop, and whose lists the compiled bound did not find, are scored in one product
+  (:meth:`ModelScorer.recommend_many`). A product of the whole catalog with one vector
+  streams the matrix from memory for one user (about 140 us on 27k movies x 84
+  dimensions on one core here), one with 32 vectors runs near the core's arithmetic
+  peak (about 63 us per user); the bias and the blend ride in it as two more
+  dimensions, and the candidates of each user are read from the groups whose maximum
+  reaches its bound only. Fewer than four such users are scored one by one.
 - **Sorting a few dozen candidates**: the candidates of the pruned product are the
   scored items that reach the floor, sorted by score and then catalog index. On the
   full product, the candidates are the
@@ -54,6 +60,8 @@ import numpy as np
 import numpy.typing as npt
 
 from online_model.ranking import RankingTable, blend_weight, popularity_log_scores, top_k
+from server.pruning import AVAILABLE as PRUNING_AVAILABLE
+from server.pruning import PruningIndex, pruned_top
 from state import ItemMatrix
 
 __all__ = ["ModelScorer", "ScoringError"]
@@ -69,6 +77,13 @@ _MAX_PRUNED_SHARE = 1 / 3
 _FIRST_BLOCKS = 4
 #: Rows per group of the k-th score's floor in the pruned product.
 _GROUP_ROWS = 16
+#: The compiled bound gives up beyond 1 / this share of the catalog (the batch product
+#: is then cheaper), and never below this many movies.
+_PRUNED_SHARE = 16
+_MIN_PRUNED = 256
+#: After this many users, a scorer whose compiled bound gave up for most of them stops
+#: trying it (a matrix without side columns, or without the structure it relies on).
+_PRUNING_TRIAL = 64
 #: Users scored together in one matrix product at most (larger batches are split).
 MAX_BATCH = 64
 #: Fewer users than this are scored one by one (with pruning): below it, one product
@@ -125,6 +140,7 @@ class ModelScorer:
         matrix: ItemMatrix,
         popularity_weight: float = 1.0,
         cold_start_events: float = 0.0,
+        side_columns: int = 0,
     ) -> None:
         n_items = len(matrix.movie_ids)
         # Own, aligned copies: arrays read from a blob are views at whatever offset the
@@ -179,6 +195,18 @@ class ModelScorer:
         #: Movie id -> its catalog index (watched movies of a batch are looked up here).
         self._index = {movie: item for item, movie in enumerate(self.movie_ids)}
         self._prepare_pruning()
+        #: The compiled bound per movie (``server.pruning``), when numba is there.
+        self._pruning = (
+            PruningIndex(factors, biases, self._popularity_scores, side_columns, self._floor_weight)
+            if PRUNING_AVAILABLE and n_items
+            else None
+        )
+        self._max_pruned = max(_MIN_PRUNED, n_items // _PRUNED_SHARE)
+        self._pruning_tries = self._pruning_misses = 0
+        if self._pruning is not None:
+            # Compile (or load the compiled kernel from its cache) here, where the server
+            # builds scorers in a thread, rather than at the first request.
+            pruned_top(self._pruning, np.zeros(self.dimensions, np.float32), 0.0, [], 1, 1)
 
     def _prepare_pruning(self) -> None:
         n_items = self.n_items
@@ -251,6 +279,10 @@ class ModelScorer:
                 raise ScoringError("user vector is not finite")
             squared_norm = math.inf  # scored in full: no bound holds
         weight = blend_weight(n_events, self._popularity_weight, self._cold_start_events)
+        if self._pruning is not None and math.isfinite(squared_norm):
+            found = self._compiled_top(vector, weight, watched, k)
+            if found is not None:
+                return found
         excluded = self.sorted_positions(watched)
         top = self._pruned_top(vector, weight, excluded, k, squared_norm)
         if top is None:
@@ -279,14 +311,22 @@ class ModelScorer:
         results: list[list[str] | ScoringError] = []
         batch: list[int] = []
         dimensions = self.dimensions
+        weight, cold = self._popularity_weight, self._cold_start_events
         for index, vector in enumerate(vectors):
             if vector.shape != (dimensions,):
                 results.append(
                     ScoringError(f"user vector of shape {vector.shape} for k={dimensions}")
                 )
-            else:
-                results.append([])
-                batch.append(index)
+                continue
+            results.append([])
+            if self._pruning is not None and k > 0 and np.isfinite(vector).all():
+                found = self._compiled_top(
+                    vector, blend_weight(n_events[index], weight, cold), watched[index], k
+                )
+                if found is not None:
+                    results[index] = found
+                    continue
+            batch.append(index)
         if len(batch) < _MIN_BATCH or k <= 0:
             for index in batch:
                 try:
@@ -309,7 +349,6 @@ class ModelScorer:
                 matrix = matrix[finite]
                 if not chunk:
                     continue
-            weight, cold = self._popularity_weight, self._cold_start_events
             tops = self._batch_top(
                 matrix,
                 [blend_weight(n_events[index], weight, cold) for index in chunk],
@@ -399,6 +438,28 @@ class ModelScorer:
             tops.append(items[begin : min(end, begin + k)].tolist())
             begin = end
         return tops
+
+    def _compiled_top(
+        self, vector: npt.NDArray[np.float32], weight: float, watched: Collection[str], k: int
+    ) -> list[str] | None:
+        """The list by ``server.pruning``; ``None`` when its bound rules out too little."""
+        assert self._pruning is not None
+        index = self._index
+        excluded = [item for item in map(index.get, watched) if item is not None]
+        user = np.array(vector, dtype=np.float32)  # aligned and contiguous, for the kernel
+        top = pruned_top(self._pruning, user, weight, excluded, k, self._max_pruned)
+        self._pruning_tries += 1
+        if top is None:
+            self._pruning_misses += 1
+            if (
+                self._pruning_tries >= _PRUNING_TRIAL
+                and self._pruning_misses * 2 > self._pruning_tries
+            ):
+                # On this matrix the bound rules out too little: stop paying for it.
+                self._pruning = None
+            return None
+        ids = self.movie_ids
+        return [ids[i] for i in top.tolist()]
 
     def sorted_positions(self, movies: Collection[str]) -> list[int]:
         """Rows of the known ``movies`` in the scorer's sorted arrays (for ``_pruned_top``)."""

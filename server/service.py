@@ -552,9 +552,11 @@ class Refresher:
         ranking = matrix.ranking or {}
         popularity_weight = float(ranking.get("popularity_weight", config.popularity_weight))
         cold_start_events = float(ranking.get("cold_start_events", config.cold_start_events))
+        # Trailing fixed columns (the model's genres): the server's bound splits them off.
+        side_columns = int(ranking.get("side_columns", 0))
         try:
             scorer = await asyncio.to_thread(
-                ModelScorer, version, matrix, popularity_weight, cold_start_events
+                ModelScorer, version, matrix, popularity_weight, cold_start_events, side_columns
             )
         except (ScoringError, ValueError) as exc:
             log.warning("item matrix %s@%d not loaded: %s", version, revision, exc)

@@ -455,4 +455,7 @@ def _ranking_params(model: OnlineMF) -> dict[str, Any]:
     return {
         "popularity_weight": float(model.popularity_weight),
         "cold_start_events": float(model.cold_start_events),
+        # The genre columns after the learned factors never change: the server bounds
+        # the learned part alone and computes the genre part exactly (server.pruning).
+        "side_columns": len(model.genres),
     }

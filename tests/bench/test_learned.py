@@ -18,6 +18,7 @@ def test_a_simulated_hour_gives_the_learners_matrix_and_user_rows() -> None:
     assert matrix.ranking == {
         "popularity_weight": default.popularity_weight,
         "cold_start_events": default.cold_start_events,
+        "side_columns": 20,  # the world's genres
     }
     assert matrix.factors.shape[1] > 64  # the learned factors, then the genres
     assert np.isfinite(matrix.factors).all() and matrix.popularity is not None

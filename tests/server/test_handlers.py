@@ -16,7 +16,7 @@ from online_model.ranking import RankingTable
 from server.app import METRICS, REFRESHER, STATE
 from server.popularity import segment_genre
 from server.profiles import UserProfile
-from state import Routing
+from state import ItemMatrix, Routing
 from tests.server.conftest import TOKEN, AppFactory, Fakes, make_matrix, quiet_config
 
 Client = TestClient[web.Request, web.Application]
@@ -94,6 +94,36 @@ async def test_model_list_excludes_watched_and_matches_the_ranking(
     assert len(response.headers["X-Request-Id"]) == 32
     assert metric(client, "reelfeed_server_fallbacks_total", reason="unknown_user") == 0
     assert metric(client, "reelfeed_server_model_requests_total", version="v1") == 1
+
+
+async def test_the_matrix_carries_its_blend_and_side_columns_to_the_scorer(
+    client: Client, fakes: Fakes
+) -> None:
+    with_model(fakes)
+    plain = fakes.models.matrices["v1"]
+    genres = np.array([[0, 0], [2, 0], [0, 2], [2, 2]], np.float32)[np.arange(300) % 4]
+    ranking = {"popularity_weight": 0.1, "cold_start_events": 1.0, "side_columns": 2}
+    fakes.models.matrices["v1"] = matrix = ItemMatrix(
+        plain.movie_ids,
+        np.hstack([plain.factors[:, :6], genres]),
+        plain.biases,
+        plain.revision,
+        plain.popularity,
+        plain.positions,
+        ranking,
+    )
+    fakes.models.events[2] = 4
+    await refresh(client)
+    assert client.app is not None
+    scorer = client.app[STATE].models["v1"]
+    assert scorer._pruning is not None and scorer._pruning.side_columns == 2
+    assert matrix.popularity is not None
+    table = RankingTable(
+        matrix.movie_ids, matrix.factors, matrix.biases, matrix.popularity, 0.1, 1.0
+    )
+    response = await client.get("/recommend/2")
+    vector = fakes.models.vectors[("v1", 2)]
+    assert (await response.text()).split(",") == table.recommend(vector, 4, (), 20)
 
 
 async def test_each_answer_emits_a_provenance_record_matching_its_headers(

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from online_model.ranking import RankingTable, blend_weight, popularity_log_scores
 from server.popularity import SEGMENTS, PopularList, segment_of
+from server.pruning import pruned_top
 from server.scoring import ModelScorer, ScoringError
 from state import ItemMatrix
 
@@ -175,6 +176,104 @@ def test_a_large_batch_is_scored_in_parts_with_the_same_lists() -> None:
     assert scorer.recommend_many(vectors[:5], watched[:5], 20, events[:5]) == lists[:5]
 
 
+def _with_side_columns(matrix: ItemMatrix, side: int, kinds: int, seed: int) -> ItemMatrix:
+    """The matrix with ``side`` genre-like columns appended: ``kinds`` distinct rows."""
+    rng = np.random.default_rng(seed)
+    rows = (rng.random((kinds, side)) < 0.3).astype(np.float32) * 2.0
+    tails = rows[rng.integers(0, kinds, len(matrix.movie_ids))]
+    factors = np.hstack([matrix.factors * 0.3, tails]).astype(np.float32)
+    return ItemMatrix(matrix.movie_ids, factors, matrix.biases, 1, matrix.popularity)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n_items=st.integers(1, 3000),
+    k=st.integers(1, 10),
+    side=st.integers(1, 6),
+    kinds=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+    ties=st.booleans(),
+    list_length=st.integers(0, 40),
+    watched_share=st.floats(0, 1),
+    weight=st.sampled_from([0.0, 0.1, 1.0]),
+    cold=st.sampled_from([0.0, 1.0]),
+    n_events=st.integers(0, 100),
+)
+def test_the_side_column_bound_keeps_the_lists(
+    n_items: int,
+    k: int,
+    side: int,
+    kinds: int,
+    seed: int,
+    ties: bool,
+    list_length: int,
+    watched_share: float,
+    weight: float,
+    cold: float,
+    n_events: int,
+) -> None:
+    matrix = _with_side_columns(_matrix(n_items, k, seed, ties, True), side, kinds, seed)
+    assert matrix.popularity is not None
+    table = RankingTable(
+        matrix.movie_ids, matrix.factors, matrix.biases, matrix.popularity, weight, cold
+    )
+    scorer = ModelScorer("v", matrix, weight, cold, side_columns=side)
+    rng = np.random.default_rng(seed + 2)
+    vector = rng.standard_normal(k + side).astype(np.float32)
+    if ties:
+        vector = np.round(vector).astype(np.float32)
+    watched = {m for m in matrix.movie_ids if rng.random() < watched_share} | {"x"}
+    expected = table.recommend(vector, n_events, watched, list_length)
+    got = scorer.recommend(vector, frozenset(watched), list_length, n_events)
+    blend = blend_weight(n_events, weight, cold) * popularity_log_scores(matrix.popularity)
+    _assert_same_ranking(got, expected, matrix, vector, blend.astype(float), watched)
+
+
+def test_the_side_column_bound_scores_a_fraction_of_a_realistic_catalog() -> None:
+    # Tastes in 32 learned dimensions plus 20 genre columns of a few hundred
+    # combinations, the model's own blend (0.1 over 1 event): the bound of the whole
+    # vector rules out almost nothing there, the split bound nearly everything.
+    rng = np.random.default_rng(4)
+    n_items, latent = 27_000, 32
+    popularity = rng.pareto(1.1, n_items)
+    base = ItemMatrix(
+        tuple(f"m{i}" for i in range(n_items)),
+        (rng.standard_normal((n_items, latent)) * 0.1).astype(np.float32),
+        (0.3 * np.log1p(popularity)).astype(np.float32),
+        1,
+        popularity.astype(np.float32),
+    )
+    matrix = _with_side_columns(base, 20, 400, 4)
+    assert matrix.popularity is not None
+    table = RankingTable(
+        matrix.movie_ids, matrix.factors, matrix.biases, matrix.popularity, 0.1, 1.0
+    )
+    split = ModelScorer("v", matrix, 0.1, 1.0, side_columns=20)
+    whole = ModelScorer("v", matrix, 0.1, 1.0)
+    assert split._pruning is not None and whole._pruning is not None
+    assert split._pruning.side_columns == 20 and whole._pruning.side_columns == 0
+    within_a_twentieth = whole_within = 0
+    for _ in range(30):
+        vector = rng.standard_normal(latent + 20).astype(np.float32) * 0.5
+        events = int(rng.integers(0, 30))
+        watched = frozenset(f"m{i}" for i in rng.integers(0, n_items, 20))
+        expected = table.recommend(vector, events, watched, 20)
+        assert split.recommend(vector, watched, 20, events) == expected
+        weight = blend_weight(events, 0.1, 1.0)
+        excluded = [int(m[1:]) for m in watched]
+        top = pruned_top(split._pruning, vector, weight, excluded, 20, n_items // 20)
+        within_a_twentieth += top is not None
+        whole_top = pruned_top(whole._pruning, vector, weight, excluded, 20, n_items // 20)
+        whole_within += whole_top is not None
+    assert within_a_twentieth >= 27 and whole_within <= 3, (within_a_twentieth, whole_within)
+
+
+def test_side_columns_with_as_many_rows_as_items_are_not_split() -> None:
+    matrix = _matrix(400, 6, 1, False, True)
+    scorer = ModelScorer("v", matrix, 0.1, 1.0, side_columns=3)  # random: all distinct
+    assert scorer._pruning is not None and scorer._pruning.side_columns == 0
+
+
 def test_scorer_refuses_what_it_cannot_score() -> None:
     matrix = _matrix(100, 4, 0, False, True)
     scorer = ModelScorer("v", matrix)
@@ -252,6 +351,14 @@ def test_pruning_gives_way_to_the_full_product_when_it_cannot_prune() -> None:
     matrix = _matrix(5_000, 32, 8, False, False)
     table = RankingTable(matrix.movie_ids, matrix.factors, matrix.biases, np.zeros(5_000), 1.0)
     scorer = ModelScorer("v", matrix, 1.0)
-    vector = np.random.default_rng(1).standard_normal(32).astype(np.float32)
+    rng = np.random.default_rng(1)
+    vector = rng.standard_normal(32).astype(np.float32)
     assert scorer._pruned_top(vector, 1.0, [], 20) is None
+    assert scorer._pruning is not None
+    assert pruned_top(scorer._pruning, vector, 1.0, [], 20, 5_000 // 16) is None
     assert scorer.recommend(vector, frozenset(), 20) == table.recommend(vector, 0, (), 20)
+    # After a trial of users for whom the compiled bound gave up, it is no longer tried.
+    for _ in range(70):
+        vector = rng.standard_normal(32).astype(np.float32)
+        assert scorer.recommend(vector, frozenset(), 20) == table.recommend(vector, 0, (), 20)
+    assert scorer._pruning is None

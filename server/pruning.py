@@ -1,0 +1,371 @@
+"""Exact top-k by an upper bound per movie, compiled: most of a catalog is never scored.
+
+A score is ``b_i + w * log_pop_i + <u, q_i>``. Split each item vector into a learned
+part and the fixed side features that follow it (the model's genre columns: the same
+few values for many movies), and the user vector the same way:
+
+    <u, q_i> = <u_latent, q_latent_i> + <u_side, side_i>
+             <= |u_latent| |q_latent_i| + <u_side, side_i>
+
+The side term is exact and costs one small product per distinct side vector (a
+"signature": 1,835 genre combinations among 27k movies), the latent term is bounded by
+Cauchy-Schwarz. On the learned model of ``bench.learned`` the bound of all but about
+one movie in a hundred is below the 20th best score, while a bound by the whole norm
+(``server.scoring``'s blocks) rules out almost nothing: the side features give every
+movie about the same norm.
+
+:func:`pruned_top` walks the catalog once: the bound of each movie (a few loads and
+adds), and the exact score only where the bound reaches the k-th best score so far. A
+first pass over the movies with the best ``b_i + w_floor * log_pop_i`` gives a floor to
+start from. Scores and bounds are computed in float64 from the float32 arrays, so a
+bound holds to within float64 rounding (a margin covers it); the lists equal
+``RankingTable``'s up to its float32 rounding (items whose scores are equal to within
+about 1e-7 relative may swap). It gives up (returns -1) when it would score more than
+``max_scored`` movies, and the caller takes the full product instead.
+
+Compiled with numba (cached on disk next to this file's bytecode, a second or two the
+first time a process imports it); ``AVAILABLE`` is False when numba cannot be imported
+and the server then scores without it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["AVAILABLE", "PruningIndex", "pruned_top"]
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps a server up
+    AVAILABLE = False
+else:
+    AVAILABLE = True
+
+#: A side part with more distinct rows than this share of the items is not worth it.
+_MAX_SIGNATURE_SHARE = 0.25
+#: Movies with the best ``b + w_floor * log_pop`` scored first, for a starting floor.
+_FIRST_ITEMS = 64
+#: Quantiles of the latent norms that split each signature's movies into bands.
+_NORM_BANDS = (0.5, 0.9, 0.99)
+
+
+def _compile(function):  # type: ignore[no-untyped-def]
+    if not AVAILABLE:
+        return function
+    return njit(cache=True, nogil=True, fastmath=False)(function)
+
+
+class PruningIndex:
+    """What :func:`pruned_top` needs of one item matrix, prepared once per revision.
+
+    Parameters
+    ----------
+    factors, biases, log_popularity
+        The item matrix (float32), its biases, and ``popularity_log_scores``.
+    side_columns
+        How many trailing columns are fixed side features (0: none; the whole vector is
+        bounded by its norm). Side parts with too many distinct rows are treated as 0.
+    floor_weight
+        The smallest blend weight a user can have (its first pass orders by it).
+    """
+
+    def __init__(
+        self,
+        factors: npt.NDArray[np.float32],
+        biases: npt.NDArray[np.float32],
+        log_popularity: npt.NDArray[np.float32],
+        side_columns: int,
+        floor_weight: float,
+    ) -> None:
+        n_items, dimensions = factors.shape
+        side = side_columns if 0 < side_columns < dimensions else 0
+        signatures = np.zeros((1, 0), dtype=np.float64)
+        signature_of = np.zeros(n_items, dtype=np.int32)
+        if side and n_items:
+            tails = factors[:, dimensions - side :]
+            unique, inverse = np.unique(tails, axis=0, return_inverse=True)
+            if unique.shape[0] <= max(1, _MAX_SIGNATURE_SHARE * n_items):
+                signatures = np.ascontiguousarray(unique, dtype=np.float64)
+                signature_of = inverse.reshape(-1).astype(np.int32)
+            else:
+                side = 0
+        self.latent_dimensions = dimensions - side
+        self.factors = np.ascontiguousarray(factors, dtype=np.float32)
+        self.biases = np.ascontiguousarray(biases, dtype=np.float32)
+        self.log_popularity = np.ascontiguousarray(log_popularity, dtype=np.float32)
+        latent = self.factors[:, : self.latent_dimensions].astype(np.float64)
+        self.latent_norms = np.sqrt(np.einsum("ij,ij->i", latent, latent))
+        self.signatures = signatures
+        self.signature_of = signature_of
+        offsets = self.biases.astype(np.float64) + floor_weight * self.log_popularity
+        self.first_items = np.argsort(-offsets, kind="stable")[:_FIRST_ITEMS].astype(np.int64)
+        # Groups: movies of one signature and one band of latent norms (a few trained
+        # movies must not loosen the bound of the many untrained ones), each sorted by
+        # offset, best first: once the bound with the group's largest latent norm falls
+        # below the floor, so does every later movie's.
+        if n_items:
+            edges = np.quantile(self.latent_norms, _NORM_BANDS)
+            band = np.searchsorted(edges, self.latent_norms).astype(np.int64)
+        else:
+            band = np.zeros(0, dtype=np.int64)
+        key = signature_of.astype(np.int64) * (len(_NORM_BANDS) + 1) + band
+        groups, group_of = np.unique(key, return_inverse=True)
+        group_of = group_of.reshape(-1)
+        order = np.lexsort((-offsets, group_of)).astype(np.int64)
+        self.order = order
+        self.group_signature = (groups // (len(_NORM_BANDS) + 1)).astype(np.int64)
+        self.group_starts = np.searchsorted(group_of[order], np.arange(len(groups) + 1))
+        self.sorted_offsets = offsets[order]
+        self.group_latent_max = np.zeros(len(groups))
+        if n_items:
+            self.group_latent_max = np.maximum.reduceat(
+                self.latent_norms[order], self.group_starts[:-1]
+            )
+        self.excluded = np.zeros(n_items, dtype=np.uint8)
+
+    @property
+    def side_columns(self) -> int:
+        return int(self.factors.shape[1] - self.latent_dimensions)
+
+
+def _compile_dot(function):  # type: ignore[no-untyped-def]
+    if not AVAILABLE:
+        return function
+    # Reassociation lets LLVM sum in vector registers: float64 sums of float32 products
+    # then differ in the last bits of a double, far inside the bound's margin.
+    return njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(function)
+
+
+@_compile_dot
+def _dot(factors, i, user):  # type: ignore[no-untyped-def]
+    """``<factors[i], user>`` in float64."""
+    total = 0.0
+    for d in range(factors.shape[1]):
+        total += np.float64(factors[i, d]) * np.float64(user[d])
+    return total
+
+
+@_compile_dot
+def _side_scores(signatures, user, latent_dimensions):  # type: ignore[no-untyped-def]
+    """The side term of each signature, in float64 like the scores it bounds."""
+    side = np.empty(signatures.shape[1])
+    for d in range(side.shape[0]):
+        side[d] = np.float64(user[latent_dimensions + d])
+    scores = np.zeros(signatures.shape[0])
+    for s in range(signatures.shape[0]):
+        total = 0.0
+        for d in range(side.shape[0]):
+            total += signatures[s, d] * side[d]
+        scores[s] = total
+    return scores
+
+
+@_compile
+def _kernel(  # type: ignore[no-untyped-def]
+    factors,
+    biases,
+    log_popularity,
+    latent_norms,
+    signatures,
+    first_items,
+    order,
+    group_starts,
+    sorted_offsets,
+    group_latent_max,
+    group_signature,
+    flags,
+    excluded,
+    user,
+    latent_dimensions,
+    weight,
+    k,
+    max_scored,
+    out,
+):
+    """Mark ``excluded`` in ``flags`` (cleared again before returning), then search."""
+    for i in excluded:
+        flags[i] = 1
+    size = _search(
+        factors,
+        biases,
+        log_popularity,
+        latent_norms,
+        _side_scores(signatures, user, latent_dimensions),
+        first_items,
+        order,
+        group_starts,
+        sorted_offsets,
+        group_latent_max,
+        group_signature,
+        flags,
+        user,
+        latent_dimensions,
+        weight,
+        k,
+        max_scored,
+        out,
+    )
+    for i in excluded:
+        flags[i] = 0
+    return size
+
+
+@_compile
+def _search(  # type: ignore[no-untyped-def]
+    factors,
+    biases,
+    log_popularity,
+    latent_norms,
+    side_scores,
+    first_items,
+    order,
+    group_starts,
+    sorted_offsets,
+    group_latent_max,
+    group_signature,
+    excluded,
+    user,
+    latent_dimensions,
+    weight,
+    k,
+    max_scored,
+    out,
+):
+    latent_norm = 0.0
+    for d in range(latent_dimensions):
+        latent_norm += np.float64(user[d]) * np.float64(user[d])
+    latent_norm = math.sqrt(latent_norm)
+    n_groups = group_starts.shape[0] - 1
+    # A starting floor: the k-th best exact score among the first items.
+    first = np.empty(first_items.shape[0])
+    found = 0
+    for position in range(first_items.shape[0]):
+        i = first_items[position]
+        if excluded[i]:
+            continue
+        first[found] = (
+            np.float64(biases[i]) + weight * np.float64(log_popularity[i]) + _dot(factors, i, user)
+        )
+        found += 1
+    floor = -np.inf
+    if found >= k:
+        floor = np.sort(first[:found])[found - k]
+    # The top k so far, a min-heap on (score, -index): its root is the worst kept.
+    heap_scores = np.empty(k)
+    heap_items = np.empty(k, dtype=np.int64)
+    size = 0
+    scored = 0
+    for group in range(n_groups):
+        side_score = side_scores[group_signature[group]]
+        reach = side_score + latent_norm * group_latent_max[group]
+        for position in range(group_starts[group], group_starts[group + 1]):
+            # The offsets fall along the group: the rest of it cannot reach the floor.
+            upper = sorted_offsets[position] + reach
+            if upper + 1e-9 * (1.0 + abs(upper)) < floor:
+                break
+            i = order[position]
+            if excluded[i]:
+                continue
+            offset = np.float64(biases[i]) + weight * np.float64(log_popularity[i])
+            bound = offset + side_score + latent_norm * latent_norms[i]
+            if bound + 1e-9 * (1.0 + abs(bound)) < floor:
+                continue
+            scored += 1
+            if scored > max_scored:
+                return -1
+            score = offset + _dot(factors, i, user)
+            if size < k:
+                # Sift up.
+                at = size
+                size += 1
+                while at > 0:
+                    parent = (at - 1) // 2
+                    ps, pi = heap_scores[parent], heap_items[parent]
+                    if ps < score or (ps == score and pi > i):
+                        break
+                    heap_scores[at], heap_items[at] = ps, pi
+                    at = parent
+                heap_scores[at], heap_items[at] = score, i
+                if size == k and heap_scores[0] > floor:
+                    floor = heap_scores[0]
+                continue
+            rs, ri = heap_scores[0], heap_items[0]
+            if score < rs or (score == rs and i > ri):
+                continue  # not better than the worst kept
+            # Replace the root and sift down.
+            at = 0
+            while True:
+                child = 2 * at + 1
+                if child >= k:
+                    break
+                if child + 1 < k:
+                    cs, ci = heap_scores[child], heap_items[child]
+                    ds, di = heap_scores[child + 1], heap_items[child + 1]
+                    if ds < cs or (ds == cs and di > ci):
+                        child += 1
+                cs, ci = heap_scores[child], heap_items[child]
+                if score < cs or (score == cs and i > ci):
+                    break
+                heap_scores[at], heap_items[at] = cs, ci
+                at = child
+            heap_scores[at], heap_items[at] = score, i
+            if heap_scores[0] > floor:
+                floor = heap_scores[0]
+    # Best first, ties to the lower index: sort (-score, index) pairs.
+    keys = np.empty(size)
+    for at in range(size):
+        keys[at] = heap_scores[at]
+    ranked = np.argsort(-keys, kind="mergesort")
+    for at in range(size):
+        out[at] = heap_items[ranked[at]]
+    start = 0
+    while start < size:
+        end = start + 1
+        while end < size and keys[ranked[end]] == keys[ranked[start]]:
+            end += 1
+        if end - start > 1:
+            out[start:end] = np.sort(out[start:end])
+        start = end
+    return size
+
+
+def pruned_top(
+    index: PruningIndex,
+    user: npt.NDArray[np.float32],
+    weight: float,
+    excluded: list[int],
+    k: int,
+    max_scored: int,
+) -> npt.NDArray[np.int64] | None:
+    """The top ``k`` catalog indices for ``user`` with blend ``weight``, none of
+    ``excluded``; ``None`` when more than ``max_scored`` movies would need a score."""
+    out = np.empty(max(k, 0), dtype=np.int64)
+    if k <= 0:
+        return out
+    size = _kernel(
+        index.factors,
+        index.biases,
+        index.log_popularity,
+        index.latent_norms,
+        index.signatures,
+        index.first_items,
+        index.order,
+        index.group_starts,
+        index.sorted_offsets,
+        index.group_latent_max,
+        index.group_signature,
+        index.excluded,
+        np.asarray(excluded, dtype=np.int64),
+        user,
+        index.latent_dimensions,
+        float(weight),
+        k,
+        max_scored,
+        out,
+    )
+    if size < 0:
+        return None
+    return out[:size]
