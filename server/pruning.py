@@ -100,7 +100,9 @@ class PruningIndex:
         self.latent_norms = np.sqrt(np.einsum("ij,ij->i", latent, latent))
         self.signatures = signatures
         self.signature_of = signature_of
-        offsets = self.biases.astype(np.float64) + floor_weight * self.log_popularity
+        offsets = self.biases.astype(np.float64) + floor_weight * self.log_popularity.astype(
+            np.float64
+        )
         self.first_items = np.argsort(-offsets, kind="stable")[:_FIRST_ITEMS].astype(np.int64)
         # Groups: movies of one signature and one band of latent norms (a few trained
         # movies must not loosen the bound of the many untrained ones), each sorted by
@@ -119,11 +121,18 @@ class PruningIndex:
         self.group_signature = (groups // (len(_NORM_BANDS) + 1)).astype(np.int64)
         self.group_starts = np.searchsorted(group_of[order], np.arange(len(groups) + 1))
         self.sorted_offsets = offsets[order]
+        # The arrays the search reads, in that order too: the movies it visits in a
+        # group, and their rows, lie next to each other in memory.
+        self.factors = np.ascontiguousarray(self.factors[order])
+        self.biases = self.biases[order]
+        self.log_popularity = self.log_popularity[order]
+        self.latent_norms = self.latent_norms[order]
+        self.position_of = np.empty(n_items, dtype=np.int64)
+        self.position_of[order] = np.arange(n_items)
+        self.first_positions = self.position_of[self.first_items]
         self.group_latent_max = np.zeros(len(groups))
         if n_items:
-            self.group_latent_max = np.maximum.reduceat(
-                self.latent_norms[order], self.group_starts[:-1]
-            )
+            self.group_latent_max = np.maximum.reduceat(self.latent_norms, self.group_starts[:-1])
         self.excluded = np.zeros(n_items, dtype=np.uint8)
 
     @property
@@ -170,8 +179,9 @@ def _kernel(  # type: ignore[no-untyped-def]
     log_popularity,
     latent_norms,
     signatures,
-    first_items,
+    first_positions,
     order,
+    position_of,
     group_starts,
     sorted_offsets,
     group_latent_max,
@@ -185,16 +195,17 @@ def _kernel(  # type: ignore[no-untyped-def]
     max_scored,
     out,
 ):
-    """Mark ``excluded`` in ``flags`` (cleared again before returning), then search."""
+    """Mark ``excluded`` (catalog indices) in ``flags`` (by position; cleared again
+    before returning), then search."""
     for i in excluded:
-        flags[i] = 1
+        flags[position_of[i]] = 1
     size = _search(
         factors,
         biases,
         log_popularity,
         latent_norms,
         _side_scores(signatures, user, latent_dimensions),
-        first_items,
+        first_positions,
         order,
         group_starts,
         sorted_offsets,
@@ -209,7 +220,7 @@ def _kernel(  # type: ignore[no-untyped-def]
         out,
     )
     for i in excluded:
-        flags[i] = 0
+        flags[position_of[i]] = 0
     return size
 
 
@@ -220,7 +231,7 @@ def _search(  # type: ignore[no-untyped-def]
     log_popularity,
     latent_norms,
     side_scores,
-    first_items,
+    first_positions,
     order,
     group_starts,
     sorted_offsets,
@@ -240,15 +251,14 @@ def _search(  # type: ignore[no-untyped-def]
     latent_norm = math.sqrt(latent_norm)
     n_groups = group_starts.shape[0] - 1
     # A starting floor: the k-th best exact score among the first items.
-    first = np.empty(first_items.shape[0])
+    first = np.empty(first_positions.shape[0])
     found = 0
-    for position in range(first_items.shape[0]):
-        i = first_items[position]
-        if excluded[i]:
+    for j in range(first_positions.shape[0]):
+        at = first_positions[j]
+        if excluded[at]:
             continue
-        first[found] = (
-            np.float64(biases[i]) + weight * np.float64(log_popularity[i]) + _dot(factors, i, user)
-        )
+        offset = np.float64(biases[at]) + weight * np.float64(log_popularity[at])
+        first[found] = offset + _dot(factors, at, user)
         found += 1
     floor = -np.inf
     if found >= k:
@@ -266,17 +276,17 @@ def _search(  # type: ignore[no-untyped-def]
             upper = sorted_offsets[position] + reach
             if upper + 1e-9 * (1.0 + abs(upper)) < floor:
                 break
-            i = order[position]
-            if excluded[i]:
+            if excluded[position]:
                 continue
-            offset = np.float64(biases[i]) + weight * np.float64(log_popularity[i])
-            bound = offset + side_score + latent_norm * latent_norms[i]
+            offset = np.float64(biases[position]) + weight * np.float64(log_popularity[position])
+            bound = offset + side_score + latent_norm * latent_norms[position]
             if bound + 1e-9 * (1.0 + abs(bound)) < floor:
                 continue
             scored += 1
             if scored > max_scored:
                 return -1
-            score = offset + _dot(factors, i, user)
+            score = offset + _dot(factors, position, user)
+            i = order[position]  # the catalog index: the output, and ties go to the lower
             if size < k:
                 # Sift up.
                 at = size
@@ -351,8 +361,9 @@ def pruned_top(
         index.log_popularity,
         index.latent_norms,
         index.signatures,
-        index.first_items,
+        index.first_positions,
         index.order,
+        index.position_of,
         index.group_starts,
         index.sorted_offsets,
         index.group_latent_max,

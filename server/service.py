@@ -271,7 +271,8 @@ class _Scoring(NamedTuple):
 
 
 class _ScoringBatches:
-    """Scores together the users whose contexts arrived in one pass of the event loop.
+    """Scores together the users whose contexts arrived in one pass of the event loop
+    and whose lists the compiled bound did not find.
 
     The contexts of concurrent requests come back from one Redis round trip (see
     ``RedisModelSource``), so their requests resume in the same pass; each asks for its
@@ -312,6 +313,7 @@ class _ScoringBatches:
                     [entry.watched for entry in waiting],
                     self._k,
                     [entry.n_events for entry in waiting],
+                    compiled=False,  # each request tried it before it waited here
                 )
             except Exception as exc:  # a bug: every request of the batch falls back
                 for entry in waiting:
@@ -406,7 +408,11 @@ class Recommender:
             popular = await self._segment_popular(user_id, started)
             return self._popular(popular, watched, version, "unknown_user")
         try:
-            items = await self._scoring.recommend(model, vector, watched, context.n_events)
+            # Most lists come from the compiled bound, at once; the others are scored
+            # with the other requests of this pass of the loop.
+            items = model.recommend_compiled(vector, watched, self._k, context.n_events)
+            if items is None:
+                items = await self._scoring.recommend(model, vector, watched, context.n_events)
         except ScoringError as exc:
             if (model.version, model.revision) not in self._model_errors_logged:
                 self._model_errors_logged.add((model.version, model.revision))

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
@@ -25,6 +26,19 @@ from reelfeed.infra import (
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_scoring_kernel() -> None:
+    """Compile the server's scoring kernel (``server.pruning``) into its on-disk cache
+    before any test starts a server process: a fresh clone would otherwise compile it
+    (about 8 s) inside whichever test first loads an item matrix, under its timeouts."""
+    from server.pruning import AVAILABLE, PruningIndex, pruned_top
+
+    if AVAILABLE:
+        factors = np.eye(4, dtype=np.float32)
+        index = PruningIndex(factors, np.zeros(4, np.float32), np.zeros(4, np.float32), 1, 0.0)
+        pruned_top(index, np.ones(4, np.float32), 0.0, [1], 2, 4)
 
 
 @pytest.fixture(scope="session")

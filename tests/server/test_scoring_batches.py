@@ -14,7 +14,7 @@ from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.scoring import ModelScorer, ScoringError
 from server.service import Recommender, ServingState
-from state import Routing
+from state import ItemMatrix, Routing
 from tests.server.conftest import FakeModels, FakeProfiles, make_matrix
 
 USERS = list(range(1, 13))
@@ -32,7 +32,9 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Recommender, FakeModels, lis
         models.events[user] = user
     state = ServingState(20)
     state.routing = Routing(live="v1")
-    state.set_models({"v1": ModelScorer("v1", matrix, 0.1, 1.0)})
+    scorer = ModelScorer("v1", matrix, 0.1, 1.0)
+    scorer._pruning = None  # every list from the batch product
+    state.set_models({"v1": scorer})
     batches: list[list[int]] = []
     original = ModelScorer.recommend_many
 
@@ -42,9 +44,10 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Recommender, FakeModels, lis
         watched: Sequence[Collection[str]],
         k: int,
         n_events: Sequence[int],
+        compiled: bool = True,
     ) -> list[list[str] | ScoringError]:
         batches.append(list(n_events))  # n_events == user id here
-        return original(self, vectors, watched, k, n_events)
+        return original(self, vectors, watched, k, n_events, compiled)
 
     monkeypatch.setattr(ModelScorer, "recommend_many", counted)
     recommender = Recommender(state, models, FakeProfiles(), ServerMetrics(), ServerConfig())
@@ -94,3 +97,29 @@ async def test_a_caller_that_leaves_is_not_scored(
     assert isinstance(results[0], asyncio.CancelledError)
     assert batches == [USERS[1:]]
     assert all(r.fallback is None for r in results[1:] if not isinstance(r, BaseException))
+
+
+async def test_lists_the_compiled_bound_finds_skip_the_batch(
+    setup: tuple[Recommender, FakeModels, list[list[int]]],
+) -> None:
+    recommender, models, batches = setup
+    # Small learned factors and two genre-like side columns (as the learned model's):
+    # the compiled bound finds the lists.
+    plain = models.matrices["v1"]
+    genres = np.array([[0, 0], [2, 0], [0, 2]], np.float32)[np.arange(500) % 3]
+    matrix = ItemMatrix(
+        plain.movie_ids,
+        np.hstack([plain.factors[:, :6] * 0.1, genres]),
+        plain.biases,
+        plain.revision,
+        plain.popularity,
+    )
+    scorer = ModelScorer("v1", matrix, 0.1, 1.0, side_columns=2)
+    recommender._state.set_models({"v1": scorer})
+    answers = await asyncio.gather(*(recommender.recommend(user) for user in USERS))
+    assert batches == []
+    alone = ModelScorer("v1", matrix, 0.1, 1.0)
+    alone._pruning = None
+    for user, answer in zip(USERS, answers, strict=True):
+        assert answer.fallback is None
+        assert answer.items == _alone(models, alone, user), user
