@@ -296,12 +296,11 @@ class ModelScorer:
         watched: Sequence[Collection[str]],
         k: int,
         n_events: Sequence[int],
-        compiled: bool = True,
     ) -> list[list[str] | ScoringError]:
         """:meth:`recommend` for several users at once, in one matrix product.
 
-        Users whose lists the compiled bound finds (unless ``compiled`` is false: their
-        caller tried it already) are not part of the product.
+        Users whose lists the compiled bound finds (``server.pruning``, one after the
+        other: its arrays stay in the CPU's caches) are not part of the product.
 
         One product of the catalog with many vectors costs far less per user than one
         product per vector (the catalog is read once, and BLAS blocks the work: measured
@@ -323,7 +322,7 @@ class ModelScorer:
                 )
                 continue
             results.append([])
-            if compiled and self._pruning is not None and k > 0 and np.isfinite(vector).all():
+            if self._pruning is not None and k > 0 and np.isfinite(vector).all():
                 found = self._compiled_top(
                     vector, blend_weight(n_events[index], weight, cold), watched[index], k
                 )
@@ -442,30 +441,6 @@ class ModelScorer:
             tops.append(items[begin : min(end, begin + k)].tolist())
             begin = end
         return tops
-
-    def recommend_compiled(
-        self,
-        vector: npt.NDArray[np.float32],
-        watched: Collection[str],
-        k: int,
-        n_events: int = 0,
-    ) -> list[str] | None:
-        """:meth:`recommend`'s list by the compiled bound alone (``server.pruning``), or
-        ``None`` when it is off for this matrix or gives up for this user.
-
-        Raises
-        ------
-        ScoringError
-            When the vector does not fit the matrix or is not finite.
-        """
-        if vector.shape != (self.dimensions,):
-            raise ScoringError(f"user vector of shape {vector.shape} for k={self.dimensions}")
-        if self._pruning is None or k <= 0:
-            return None
-        if not np.isfinite(vector).all():
-            raise ScoringError("user vector is not finite")
-        weight = blend_weight(n_events, self._popularity_weight, self._cold_start_events)
-        return self._compiled_top(vector, weight, watched, k)
 
     def _compiled_top(
         self, vector: npt.NDArray[np.float32], weight: float, watched: Collection[str], k: int

@@ -44,10 +44,9 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Recommender, FakeModels, lis
         watched: Sequence[Collection[str]],
         k: int,
         n_events: Sequence[int],
-        compiled: bool = True,
     ) -> list[list[str] | ScoringError]:
         batches.append(list(n_events))  # n_events == user id here
-        return original(self, vectors, watched, k, n_events, compiled)
+        return original(self, vectors, watched, k, n_events)
 
     monkeypatch.setattr(ModelScorer, "recommend_many", counted)
     recommender = Recommender(state, models, FakeProfiles(), ServerMetrics(), ServerConfig())
@@ -99,8 +98,8 @@ async def test_a_caller_that_leaves_is_not_scored(
     assert all(r.fallback is None for r in results[1:] if not isinstance(r, BaseException))
 
 
-async def test_lists_the_compiled_bound_finds_skip_the_batch(
-    setup: tuple[Recommender, FakeModels, list[list[int]]],
+async def test_lists_the_compiled_bound_finds_skip_the_product(
+    setup: tuple[Recommender, FakeModels, list[list[int]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recommender, models, batches = setup
     # Small learned factors and two genre-like side columns (as the learned model's):
@@ -116,8 +115,16 @@ async def test_lists_the_compiled_bound_finds_skip_the_batch(
     )
     scorer = ModelScorer("v1", matrix, 0.1, 1.0, side_columns=2)
     recommender._state.set_models({"v1": scorer})
+    products: list[int] = []
+    original = ModelScorer._batch_top
+
+    def counted(self: ModelScorer, matrix: np.ndarray, *rest: object) -> list[list[int]]:
+        products.append(matrix.shape[0])
+        return original(self, matrix, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelScorer, "_batch_top", counted)
     answers = await asyncio.gather(*(recommender.recommend(user) for user in USERS))
-    assert batches == []
+    assert batches == [USERS] and products == []
     alone = ModelScorer("v1", matrix, 0.1, 1.0)
     alone._pruning = None
     for user, answer in zip(USERS, answers, strict=True):
