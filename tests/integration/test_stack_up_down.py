@@ -14,16 +14,9 @@ from reelfeed.infra import StackLayout
 from reelfeed.settings import Settings
 from reelfeed.supervise import read_status, supervisor_process
 from tests.integration.workers import free_port
+from tests.processes import alive, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1]
-    except OSError:
-        return False
-    return not state.startswith("Z")
 
 
 def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: Path) -> None:
@@ -40,9 +33,10 @@ def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: P
     try:
         roles = status["roles"]
         assert isinstance(roles, dict) and set(roles) == {"ingest", "learn", "serve"}, status
-        pids = [role["pid"] for role in roles.values()]
+        pids = [started(role["pid"]) for role in roles.values()]
         supervisor_pid = supervisor_process(stack).pid()
-        assert supervisor_pid is not None and all(_alive(pid) for pid in pids)
+        assert supervisor_pid is not None
+        supervisor = started(supervisor_pid)
         assert redis.Redis(port=redis_port).ping()
 
         # A role that dies is started again by the supervisor.
@@ -55,11 +49,10 @@ def test_up_starts_everything_restarts_a_dead_role_and_down_stops_it(tmp_path: P
             time.sleep(0.2)
         else:
             pytest.fail(f"ingest was not restarted: {read_status(stack)}")
-        pids.append(current["roles"]["ingest"]["pid"])  # type: ignore[index]
-        assert _alive(pids[-1])
+        pids.append(started(current["roles"]["ingest"]["pid"]))  # type: ignore[index]
     finally:
         down = stack_down(stack, settings)
     assert down["supervisor_stopped"] is True, down
     assert down["leftovers_stopped"] == [], down
-    assert not any(_alive(pid) for pid in [*pids, supervisor_pid])
+    assert not [process for process in [*pids, supervisor] if alive(process)]
     assert list((tmp_path / "stack").rglob("*.pid")) == []

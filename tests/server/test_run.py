@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.integration.workers import free_port
+from tests.processes import alive, started
 from tests.server.conftest import seed_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,19 +81,12 @@ async def test_two_workers_share_the_port_and_their_metrics(
         await asyncio.sleep(0.1)
         serving = re.findall(r"server\.run\[(\d+)\]: serving on", log_path.read_text())
         assert len(set(serving)) == 2
+        workers = [started(int(pid)) for pid in set(serving)]
     finally:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 30)
     assert code == 0, log_path.read_text()
-    for pid in serving:
-        assert not Path(f"/proc/{pid}").exists() or _is_zombie(int(pid))
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except OSError:
-        return True
+    assert not [worker for worker in workers if alive(worker)]
 
 
 def test_workers_must_be_positive() -> None:
