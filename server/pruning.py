@@ -35,7 +35,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["AVAILABLE", "PruningIndex", "pruned_top"]
+__all__ = ["AVAILABLE", "PruningIndex", "compile_kernel", "pruned_top"]
 
 try:
     from numba import njit
@@ -99,11 +99,10 @@ class PruningIndex:
         latent = self.factors[:, : self.latent_dimensions].astype(np.float64)
         self.latent_norms = np.sqrt(np.einsum("ij,ij->i", latent, latent))
         self.signatures = signatures
-        self.signature_of = signature_of
         offsets = self.biases.astype(np.float64) + floor_weight * self.log_popularity.astype(
             np.float64
         )
-        self.first_items = np.argsort(-offsets, kind="stable")[:_FIRST_ITEMS].astype(np.int64)
+        first_items = np.argsort(-offsets, kind="stable")[:_FIRST_ITEMS]
         # Groups: movies of one signature and one band of latent norms (a few trained
         # movies must not loosen the bound of the many untrained ones), each sorted by
         # offset, best first: once the bound with the group's largest latent norm falls
@@ -129,7 +128,7 @@ class PruningIndex:
         self.latent_norms = self.latent_norms[order]
         self.position_of = np.empty(n_items, dtype=np.int64)
         self.position_of[order] = np.arange(n_items)
-        self.first_positions = self.position_of[self.first_items]
+        self.first_positions = self.position_of[first_items]
         self.group_latent_max = np.zeros(len(groups))
         if n_items:
             self.group_latent_max = np.maximum.reduceat(self.latent_norms, self.group_starts[:-1])
@@ -187,7 +186,7 @@ def _kernel(  # type: ignore[no-untyped-def]
     group_latent_max,
     group_signature,
     flags,
-    excluded,
+    excluded_items,
     user,
     latent_dimensions,
     weight,
@@ -195,56 +194,11 @@ def _kernel(  # type: ignore[no-untyped-def]
     max_scored,
     out,
 ):
-    """Mark ``excluded`` (catalog indices) in ``flags`` (by position; cleared again
-    before returning), then search."""
-    for i in excluded:
+    """The search; ``excluded_items`` (catalog indices) are marked in ``flags`` (by
+    position) for its duration. Returns the list's length, or -1 when it gave up."""
+    for i in excluded_items:
         flags[position_of[i]] = 1
-    size = _search(
-        factors,
-        biases,
-        log_popularity,
-        latent_norms,
-        _side_scores(signatures, user, latent_dimensions),
-        first_positions,
-        order,
-        group_starts,
-        sorted_offsets,
-        group_latent_max,
-        group_signature,
-        flags,
-        user,
-        latent_dimensions,
-        weight,
-        k,
-        max_scored,
-        out,
-    )
-    for i in excluded:
-        flags[position_of[i]] = 0
-    return size
-
-
-@_compile
-def _search(  # type: ignore[no-untyped-def]
-    factors,
-    biases,
-    log_popularity,
-    latent_norms,
-    side_scores,
-    first_positions,
-    order,
-    group_starts,
-    sorted_offsets,
-    group_latent_max,
-    group_signature,
-    excluded,
-    user,
-    latent_dimensions,
-    weight,
-    k,
-    max_scored,
-    out,
-):
+    side_scores = _side_scores(signatures, user, latent_dimensions)
     latent_norm = 0.0
     for d in range(latent_dimensions):
         latent_norm += np.float64(user[d]) * np.float64(user[d])
@@ -255,7 +209,7 @@ def _search(  # type: ignore[no-untyped-def]
     found = 0
     for j in range(first_positions.shape[0]):
         at = first_positions[j]
-        if excluded[at]:
+        if flags[at]:
             continue
         offset = np.float64(biases[at]) + weight * np.float64(log_popularity[at])
         first[found] = offset + _dot(factors, at, user)
@@ -268,7 +222,10 @@ def _search(  # type: ignore[no-untyped-def]
     heap_items = np.empty(k, dtype=np.int64)
     size = 0
     scored = 0
+    gave_up = False
     for group in range(n_groups):
+        if gave_up:
+            break
         side_score = side_scores[group_signature[group]]
         reach = side_score + latent_norm * group_latent_max[group]
         for position in range(group_starts[group], group_starts[group + 1]):
@@ -276,7 +233,7 @@ def _search(  # type: ignore[no-untyped-def]
             upper = sorted_offsets[position] + reach
             if upper + 1e-9 * (1.0 + abs(upper)) < floor:
                 break
-            if excluded[position]:
+            if flags[position]:
                 continue
             offset = np.float64(biases[position]) + weight * np.float64(log_popularity[position])
             bound = offset + side_score + latent_norm * latent_norms[position]
@@ -284,7 +241,8 @@ def _search(  # type: ignore[no-untyped-def]
                 continue
             scored += 1
             if scored > max_scored:
-                return -1
+                gave_up = True
+                break
             score = offset + _dot(factors, position, user)
             i = order[position]  # the catalog index: the output, and ties go to the lower
             if size < k:
@@ -324,6 +282,10 @@ def _search(  # type: ignore[no-untyped-def]
             heap_scores[at], heap_items[at] = score, i
             if heap_scores[0] > floor:
                 floor = heap_scores[0]
+    for i in excluded_items:
+        flags[position_of[i]] = 0
+    if gave_up:
+        return -1
     # Best first, ties to the lower index: sort (-score, index) pairs.
     keys = np.empty(size)
     for at in range(size):
@@ -380,3 +342,12 @@ def pruned_top(
     if size < 0:
         return None
     return out[:size]
+
+
+def compile_kernel() -> None:
+    """Compile the search (or load it from its on-disk cache) now, rather than at the
+    first list: a process that is about to serve calls this where it may wait."""
+    if AVAILABLE:
+        zeros = np.zeros(4, np.float32)
+        index = PruningIndex(np.eye(4, dtype=np.float32), zeros, zeros, 1, 0.0)
+        pruned_top(index, np.ones(4, np.float32), 0.0, [1], 2, 4)

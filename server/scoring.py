@@ -61,7 +61,7 @@ import numpy.typing as npt
 
 from online_model.ranking import RankingTable, blend_weight, popularity_log_scores, top_k
 from server.pruning import AVAILABLE as PRUNING_AVAILABLE
-from server.pruning import PruningIndex, pruned_top
+from server.pruning import PruningIndex, compile_kernel, pruned_top
 from state import ItemMatrix
 
 __all__ = ["ModelScorer", "ScoringError"]
@@ -204,9 +204,8 @@ class ModelScorer:
         self._max_pruned = max(_MIN_PRUNED, n_items // _PRUNED_SHARE)
         self._pruning_tries = self._pruning_misses = 0
         if self._pruning is not None:
-            # Compile (or load the compiled kernel from its cache) here, where the server
-            # builds scorers in a thread, rather than at the first request.
-            pruned_top(self._pruning, np.zeros(self.dimensions, np.float32), 0.0, [], 1, 1)
+            # Here, where the server builds scorers in a thread, not at the first request.
+            compile_kernel()
 
     def _prepare_pruning(self) -> None:
         n_items = self.n_items

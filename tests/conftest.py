@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
@@ -33,12 +32,9 @@ def compiled_scoring_kernel() -> None:
     """Compile the server's scoring kernel (``server.pruning``) into its on-disk cache
     before any test starts a server process: a fresh clone would otherwise compile it
     (about 8 s) inside whichever test first loads an item matrix, under its timeouts."""
-    from server.pruning import AVAILABLE, PruningIndex, pruned_top
+    from server.pruning import compile_kernel
 
-    if AVAILABLE:
-        factors = np.eye(4, dtype=np.float32)
-        index = PruningIndex(factors, np.zeros(4, np.float32), np.zeros(4, np.float32), 1, 0.0)
-        pruned_top(index, np.ones(4, np.float32), 0.0, [1], 2, 4)
+    compile_kernel()
 
 
 @pytest.fixture(scope="session")
