@@ -130,3 +130,19 @@ async def test_lists_the_compiled_bound_finds_skip_the_product(
     for user, answer in zip(USERS, answers, strict=True):
         assert answer.fallback is None
         assert answer.items == _alone(models, alone, user), user
+
+
+async def test_a_failing_batch_falls_back_for_each_of_its_requests(
+    setup: tuple[Recommender, FakeModels, list[list[int]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recommender, _, _ = setup
+
+    def broken(self: ModelScorer, *args: object) -> list[list[str] | ScoringError]:
+        raise RuntimeError("a bug in scoring")
+
+    monkeypatch.setattr(ModelScorer, "recommend_many", broken)
+    results = await asyncio.gather(
+        *(recommender.recommend(user) for user in USERS), return_exceptions=True
+    )
+    # Each request sees the error (the app answers it from popularity: internal_error).
+    assert all(isinstance(r, RuntimeError) for r in results), results
