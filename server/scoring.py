@@ -10,9 +10,11 @@ times a second:
   of each vector is bounded by Cauchy-Schwarz, the fixed genre columns that follow it
   are scored exactly per genre combination, and only the movies whose bound reaches
   the k-th best score so far get a score. On the default model learned on a simulated
-  day (``bench.learned``) that is about one movie in a hundred. It gives up beyond a
-  sixteenth of the catalog, and the steps below take over (for good, when it gave
-  up for most of a revision's first 64 users).
+  day (``bench.learned``) that is about one movie in a hundred. The users of a batch
+  go through it in one call. It gives up beyond a quarter of the catalog (no user of
+  that model comes near: the slowest scores a few thousand movies in ~250 us, where
+  the full product costs ~800 us), and the steps below take over (for good, when it
+  gave up for most of a revision's first 64 users).
 - **Pruning by an upper bound on blocks.** With a popularity blend, most of a catalog cannot
   reach a user's top 20: ``b_i + w(n) * log popularity_i`` is far below the best
   scores, and ``<u, q_i> <= |u| |q_i|``. Items are stored sorted by ``c_i = b_i +
@@ -61,7 +63,7 @@ import numpy.typing as npt
 
 from online_model.ranking import RankingTable, blend_weight, popularity_log_scores, top_k
 from server.pruning import AVAILABLE as PRUNING_AVAILABLE
-from server.pruning import PruningIndex, compile_kernel, pruned_top
+from server.pruning import PruningIndex, compile_kernel, pruned_top_many
 from state import ItemMatrix
 
 __all__ = ["ModelScorer", "ScoringError"]
@@ -79,7 +81,7 @@ _FIRST_BLOCKS = 4
 _GROUP_ROWS = 16
 #: The compiled bound gives up beyond 1 / this share of the catalog (the batch product
 #: is then cheaper), and never below this many movies.
-_PRUNED_SHARE = 16
+_PRUNED_SHARE = 4
 _MIN_PRUNED = 256
 #: After this many users, a scorer whose compiled bound gave up for most of them stops
 #: trying it (a matrix without side columns, or without the structure it relies on).
@@ -268,6 +270,18 @@ class ModelScorer:
         ScoringError
             When the vector does not fit the matrix or is not finite.
         """
+        squared_norm = self._squared_norm(vector)
+        if self._pruning is not None and math.isfinite(squared_norm):
+            found: list[list[str] | ScoringError] = [[]]
+            if not self._compiled_tops([vector], [watched], k, [n_events], [0], found):
+                items = found[0]
+                assert not isinstance(items, ScoringError)
+                return items
+        return self._recommend_blocks(vector, watched, k, n_events, squared_norm)
+
+    def _squared_norm(self, vector: npt.NDArray[np.float32]) -> float:
+        """``|vector|^2`` (inf when it overflows float32); raises ``ScoringError`` for a
+        vector that does not fit or is not finite."""
         if vector.shape != (self.dimensions,):
             raise ScoringError(f"user vector of shape {vector.shape} for k={self.dimensions}")
         # One reduction checks finiteness too: a NaN or an infinity makes it non-finite
@@ -277,11 +291,18 @@ class ModelScorer:
             if not np.isfinite(vector).all():
                 raise ScoringError("user vector is not finite")
             squared_norm = math.inf  # scored in full: no bound holds
+        return squared_norm
+
+    def _recommend_blocks(
+        self,
+        vector: npt.NDArray[np.float32],
+        watched: Collection[str],
+        k: int,
+        n_events: int,
+        squared_norm: float,
+    ) -> list[str]:
+        """:meth:`recommend` without the compiled bound: pruned blocks, else in full."""
         weight = blend_weight(n_events, self._popularity_weight, self._cold_start_events)
-        if self._pruning is not None and math.isfinite(squared_norm):
-            found = self._compiled_top(vector, weight, watched, k)
-            if found is not None:
-                return found
         excluded = self.sorted_positions(watched)
         top = self._pruned_top(vector, weight, excluded, k, squared_norm)
         if top is None:
@@ -311,9 +332,8 @@ class ModelScorer:
         whose vector does not fit gets a :class:`ScoringError` in its place.
         """
         results: list[list[str] | ScoringError] = []
-        batch: list[int] = []
+        fitting: list[int] = []
         dimensions = self.dimensions
-        weight, cold = self._popularity_weight, self._cold_start_events
         for index, vector in enumerate(vectors):
             if vector.shape != (dimensions,):
                 results.append(
@@ -321,23 +341,23 @@ class ModelScorer:
                 )
                 continue
             results.append([])
-            if self._pruning is not None and k > 0 and np.isfinite(vector).all():
-                found = self._compiled_top(
-                    vector, blend_weight(n_events[index], weight, cold), watched[index], k
-                )
-                if found is not None:
-                    results[index] = found
-                    continue
-            batch.append(index)
+            fitting.append(index)
+        batch = fitting
+        if self._pruning is not None and k > 0 and fitting:
+            batch = self._compiled_tops(vectors, watched, k, n_events, fitting, results)
         if len(batch) < _MIN_BATCH or k <= 0:
             for index in batch:
+                vector = vectors[index]
                 try:
-                    items = self.recommend(vectors[index], watched[index], k, n_events[index])
+                    items = self._recommend_blocks(
+                        vector, watched[index], k, n_events[index], self._squared_norm(vector)
+                    )
                 except ScoringError as exc:
                     results[index] = exc
                 else:
                     results[index] = items
             return results
+        weight, cold = self._popularity_weight, self._cold_start_events
         for start in range(0, len(batch), MAX_BATCH):
             chunk = batch[start : start + MAX_BATCH]
             matrix = np.stack([vectors[index] for index in chunk])
@@ -441,27 +461,54 @@ class ModelScorer:
             begin = end
         return tops
 
-    def _compiled_top(
-        self, vector: npt.NDArray[np.float32], weight: float, watched: Collection[str], k: int
-    ) -> list[str] | None:
-        """The list by ``server.pruning``; ``None`` when its bound rules out too little."""
+    def _compiled_tops(
+        self,
+        vectors: Sequence[npt.NDArray[np.float32]],
+        watched: Sequence[Collection[str]],
+        k: int,
+        n_events: Sequence[int],
+        chosen: list[int],
+        results: list[list[str] | ScoringError],
+    ) -> list[int]:
+        """The lists of the ``chosen`` users by ``server.pruning``, in one call, into
+        ``results``; returns the users it gave up on (and those with a vector that is
+        not finite, for the caller to report)."""
         assert self._pruning is not None
+        users = np.stack([vectors[at] for at in chosen])
+        finite = np.asarray(np.isfinite(users).all(axis=1))
+        if not finite.all():
+            kept = [bool(ok) for ok in finite]
+            left = [at for at, ok in zip(chosen, kept, strict=True) if not ok]
+            chosen = [at for at, ok in zip(chosen, kept, strict=True) if ok]
+            users = users[finite]
+            if not chosen:
+                return left
+        else:
+            left = []
         index = self._index
-        excluded = [item for item in map(index.get, watched) if item is not None]
-        user = np.array(vector, dtype=np.float32)  # aligned and contiguous, for the kernel
-        top = pruned_top(self._pruning, user, weight, excluded, k, self._max_pruned)
-        self._pruning_tries += 1
-        if top is None:
-            self._pruning_misses += 1
-            if (
-                self._pruning_tries >= _PRUNING_TRIAL
-                and self._pruning_misses * 2 > self._pruning_tries
-            ):
-                # On this matrix the bound rules out too little: stop paying for it.
-                self._pruning = None
-            return None
+        weight, cold = self._popularity_weight, self._cold_start_events
+        tops = pruned_top_many(
+            self._pruning,
+            users,
+            [blend_weight(n_events[at], weight, cold) for at in chosen],
+            [[item for item in map(index.get, watched[at]) if item is not None] for at in chosen],
+            k,
+            self._max_pruned,
+        )
         ids = self.movie_ids
-        return [ids[i] for i in top.tolist()]
+        misses = 0
+        for at, top in zip(chosen, tops, strict=True):
+            if top is None:
+                left.append(at)
+                misses += 1
+            else:
+                results[at] = [ids[i] for i in top.tolist()]
+        self._pruning_tries += len(chosen)
+        self._pruning_misses += misses
+        if self._pruning_tries >= _PRUNING_TRIAL and self._pruning_misses * 2 > self._pruning_tries:
+            # On this matrix the bound rules out too little: stop paying for it.
+            self._pruning = None
+        return sorted(left)
 
     def sorted_positions(self, movies: Collection[str]) -> list[int]:
         """Rows of the known ``movies`` in the scorer's sorted arrays (for ``_pruned_top``)."""
