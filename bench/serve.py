@@ -12,7 +12,10 @@ catalog). It starts the real server
 (64 connections, user ids spread over all users by a Lua script). Prints one JSON
 object: requests/s, p50 and p99 latency and CPU per request of both servers, the
 throughput ratio, for 1 and 2 workers (``SO_REUSEPORT``), plus the server's fallback
-and provenance counters and its latency at 4 connections (service time). For each run
+and provenance counters, its latency at 4 connections (service time), and its latency
+at 64 connections paced to about 6,000 requests/s (``--paced-rate``: each connection
+waits an exponential time after each answer), where the closed loop's latency is set by
+Little's law instead (64 / throughput). For each run
 also the load average, wrk's CPU share and, per server process, the share of the run it
 spent on a CPU and waiting for one: whether more workers can help on this machine.
 
@@ -111,6 +114,48 @@ done = function(summary, latency, requests)
     latency:percentile(99) / 1000, latency.max / 1000))
 end
 """
+
+
+# Appended to the spread script for a paced run: each connection waits an exponential
+# time (mean in ms) after each answer, so the 64 connections together send about a
+# Poisson stream of requests instead of one the moment the last one was answered.
+_PACED_SCRIPT = """
+local mean_ms = %f
+delay = function()
+  return -math.log(1 - math.random()) * mean_ms
+end
+"""
+
+
+def _paced(
+    port: int, seconds: float, folder: Path, users_script: str, connections: int, rate: float
+) -> dict[str, float]:
+    """wrk at about ``rate`` requests/s over ``connections``: latency at a given load
+    rather than at saturation (where it is ``connections / throughput`` by Little's law).
+
+    The wait after each answer is calibrated by a short run: a connection's cycle is
+    its wait plus the answer's latency, so the wait is ``connections / rate`` less the
+    mean latency measured at about that rate. wrk measures each latency from the
+    moment it sends, so a stall of the server also delays the requests queued behind
+    it rather than counting their wait (coordinated omission): the p99 of this run is
+    a lower bound for an open stream of requests at that rate.
+    """
+    cycle_ms = connections / rate * 1000
+
+    def run(wait_ms: float, run_seconds: float) -> dict[str, float]:
+        script = folder / f"paced-{wait_ms:.3f}.lua"
+        script.write_text(users_script + _PACED_SCRIPT % wait_ms)
+        result = _wrk(port, run_seconds, script, connections)
+        result.pop("wrk_cpu_s")
+        return result
+
+    probe = run(cycle_ms, 3)
+    latency_ms = connections / probe["requests_per_s"] * 1000 - cycle_ms
+    wait_ms = max(0.0, cycle_ms - max(0.0, latency_ms))
+    result = run(wait_ms, seconds)
+    result["offered_per_s"] = rate
+    result["mean_wait_ms"] = round(wait_ms, 3)
+    return result
 
 
 def _synthetic_model() -> tuple[ItemMatrix, list[np.ndarray]]:
@@ -354,6 +399,7 @@ def _measure(
     script: Path,
     connections: int,
     is_server: bool,
+    paced_rate: float = 0.0,
 ) -> dict[str, object]:
     log = folder / f"{label}.log"
     with _process(command, log) as process:
@@ -392,6 +438,10 @@ def _measure(
             extra["light_load_4_connections"] = {
                 name: light[name] for name in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms")
             }
+            if paced_rate > 0:
+                extra[f"paced_{round(paced_rate)}_per_s"] = _paced(
+                    port, seconds, folder, script.read_text(), connections, paced_rate
+                )
         result.update(extra)
     return result
 
@@ -402,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-kafka", action="store_true", help="provenance to a closed port")
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=6_000.0,
+        help="also measure latency at about this many requests/s (0: not)",
+    )
     parser.add_argument(
         "--data",
         choices=["learned", "synthetic"],
@@ -478,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                     script,
                     args.connections,
                     is_server=True,
+                    paced_rate=args.paced_rate,
                 )
                 port = _free_port()
                 baseline = _measure(
