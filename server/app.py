@@ -33,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 
+from server.balance import ConnectionBalance
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.openapi import openapi_document
@@ -43,6 +44,7 @@ from server.sources import ModelSource, PopularitySource, RoutingSource, redis_s
 from state import KeySchema, Routing, RoutingConflict, valid_version
 
 __all__ = [
+    "BALANCE",
     "CONFIG",
     "METRICS",
     "MODELS",
@@ -58,6 +60,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", ServerConfig)
+#: The workers' connection balance (``server.run`` sets it when several share the port).
+BALANCE = web.AppKey("balance", ConnectionBalance)
 METRICS = web.AppKey("metrics", ServerMetrics)
 STATE = web.AppKey("state", ServingState)
 RECOMMENDER = web.AppKey("recommender", Recommender)
@@ -354,7 +358,11 @@ async def recommend(request: web.Request) -> web.Response:
     }
     if answer.fallback is not None:
         headers["X-Fallback"] = answer.fallback
-    return web.Response(body=answer.line, headers=headers)
+    response = web.Response(body=answer.line, headers=headers)
+    balance = app.get(BALANCE)
+    if balance is not None and balance.shed():
+        response.force_close()  # the client connects again, maybe to a less busy worker
+    return response
 
 
 def _last_resort(app: web.Application, user_id: int) -> Recommendation:

@@ -1,7 +1,8 @@
 """Running the server: worker processes on uvloop, several sharing the port.
 
 ``run_server`` spawns ``workers`` processes; with more than one, each binds the same
-address with ``SO_REUSEPORT`` and the kernel spreads connections over them. The parent
+address with ``SO_REUSEPORT`` and the kernel spreads connections over them, and the
+workers keep their shares of keep-alive connections even (``server.balance``). The parent
 only forwards SIGTERM/SIGINT and stops all workers when one of them dies (the
 supervisor, or compose's restart policy, then restarts the whole server).
 
@@ -24,14 +25,15 @@ import multiprocessing
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableSequence
 from multiprocessing.connection import wait
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from server.app import create_app
+from server.app import BALANCE, create_app
+from server.balance import ConnectionBalance
 from server.config import ServerConfig
 
 __all__ = ["run_server", "serve"]
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 #: Net allocations of containers between two young-generation collections (default 700).
 _YOUNG_GC_THRESHOLD = 10_000
+#: Seconds between two updates of a worker's connection count (``server.balance``).
+_BALANCE_INTERVAL_S = 0.25
 #: Variables a spawned worker gets, unless they are set already.
 _WORKER_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
@@ -56,10 +60,13 @@ async def serve(
     multiprocess_dir: Path | None = None,
     stop: asyncio.Event | None = None,
     on_started: Callable[[int], None] | None = None,
+    balance: ConnectionBalance | None = None,
 ) -> None:
     """Serve until ``stop`` is set, or SIGTERM/SIGINT arrives when ``stop`` is ``None``.
 
-    ``on_started`` receives the bound port (useful with ``port=0``).
+    ``on_started`` receives the bound port (useful with ``port=0``). With ``balance``,
+    the worker publishes its connection count there and hands back connections above
+    its share.
     """
     # A serving process allocates many short-lived containers per answer, and a
     # young-generation collection every 700 net allocations traverses every request in
@@ -68,6 +75,8 @@ async def serve(
     # garbage, rare here, lives a little longer.
     gc.set_threshold(_YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
     app = create_app(config, multiprocess_dir=multiprocess_dir, freeze_gc=True)
+    if balance is not None:
+        app[BALANCE] = balance
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout_s
     )
@@ -79,6 +88,11 @@ async def serve(
         log.info("serving on http://%s:%d (pid %d)", config.host, port, os.getpid())
         if on_started is not None:
             on_started(port)
+        balancing = None
+        if balance is not None and runner.server is not None:
+            balancing = asyncio.get_running_loop().create_task(
+                _keep_balance(balance, runner.server)
+            )
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -86,8 +100,16 @@ async def serve(
                 loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("stopping")
+        if balancing is not None:
+            balancing.cancel()
     finally:
         await runner.cleanup()
+
+
+async def _keep_balance(balance: ConnectionBalance, server: web.Server) -> None:
+    while True:
+        balance.update(len(server.connections))
+        await asyncio.sleep(_BALANCE_INTERVAL_S)
 
 
 def _bound_port(runner: web.AppRunner, default: int) -> int:
@@ -129,11 +151,13 @@ def run_server(config: ServerConfig, workers: int = 1) -> int:
         if workers > 1:
             environment["PROMETHEUS_MULTIPROC_DIR"] = folder
         shared = folder if workers > 1 else None
+        # Each worker's connection count, for the others to see (server.balance).
+        counts = context.RawArray("q", workers)
         with _environment(environment):
             for index in range(workers):
                 spawned = context.Process(
                     target=_worker_main,
-                    args=(config, shared, level),
+                    args=(config, shared, level, counts if workers > 1 else None, index),
                     name=f"reelfeed-server-{index}",
                     daemon=False,
                 )
@@ -183,7 +207,21 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _worker_main(config: ServerConfig, folder: str | None, level: int) -> None:
+def _worker_main(
+    config: ServerConfig,
+    folder: str | None,
+    level: int,
+    counts: MutableSequence[int] | None = None,
+    index: int = 0,
+) -> None:
     logging.basicConfig(level=level, format=_LOG_FORMAT)
     multiprocess_dir = None if folder is None else Path(folder)
-    uvloop.run(serve(config, reuse_port=folder is not None, multiprocess_dir=multiprocess_dir))
+    balance = None if counts is None else ConnectionBalance(counts, index)
+    uvloop.run(
+        serve(
+            config,
+            reuse_port=folder is not None,
+            multiprocess_dir=multiprocess_dir,
+            balance=balance,
+        )
+    )
