@@ -128,7 +128,13 @@ end
 
 
 def _paced(
-    port: int, seconds: float, folder: Path, users_script: str, connections: int, rate: float
+    port: int,
+    seconds: float,
+    folder: Path,
+    users_script: str,
+    connections: int,
+    rate: float,
+    pgid: int,
 ) -> dict[str, float]:
     """wrk at about ``rate`` requests/s over ``connections``: latency at a given load
     rather than at saturation (where it is ``connections / throughput`` by Little's law).
@@ -152,7 +158,11 @@ def _paced(
     probe = run(cycle_ms, 3)
     latency_ms = connections / probe["requests_per_s"] * 1000 - cycle_ms
     wait_ms = max(0.0, cycle_ms - max(0.0, latency_ms))
+    cpu_before = _group_cpu_s(pgid)
     result = run(wait_ms, seconds)
+    # Smaller batches than in the closed loop: each answer carries more of their cost.
+    cpu_s = _group_cpu_s(pgid) - cpu_before
+    result["cpu_us_per_request"] = round(cpu_s / result["requests"] * 1e6, 1)
     result["offered_per_s"] = rate
     result["mean_wait_ms"] = round(wait_ms, 3)
     return result
@@ -440,7 +450,7 @@ def _measure(
             }
             if paced_rate > 0:
                 extra[f"paced_{round(paced_rate)}_per_s"] = _paced(
-                    port, seconds, folder, script.read_text(), connections, paced_rate
+                    port, seconds, folder, script.read_text(), connections, paced_rate, process.pid
                 )
         result.update(extra)
     return result
