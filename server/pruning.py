@@ -179,123 +179,6 @@ def _side_scores(side_starts, side_dims, side_values, user, latent_dimensions, o
 
 
 @_compile
-def _search(  # type: ignore[no-untyped-def]
-    factors,
-    biases,
-    log_popularity,
-    latent_norms,
-    first_positions,
-    order,
-    group_starts,
-    sorted_offsets,
-    group_latent_max,
-    group_signature,
-    flags,
-    side_scores,
-    first,
-    heap_scores,
-    heap_items,
-    user,
-    latent_dimensions,
-    weight,
-    k,
-    max_scored,
-    out,
-):
-    """The search for one user whose excluded movies are marked in ``flags`` and whose
-    ``side_scores`` are computed. Returns the list's length, or -1 when it gave up."""
-    latent_norm = 0.0
-    for d in range(latent_dimensions):
-        latent_norm += np.float64(user[d]) * np.float64(user[d])
-    latent_norm = math.sqrt(latent_norm)
-    n_groups = group_starts.shape[0] - 1
-    # A starting floor: the k-th best exact score among the first items.
-    found = 0
-    for j in range(first_positions.shape[0]):
-        at = first_positions[j]
-        if flags[at]:
-            continue
-        offset = np.float64(biases[at]) + weight * np.float64(log_popularity[at])
-        first[found] = offset + _dot(factors, at, user)
-        found += 1
-    floor = -np.inf
-    if found >= k:
-        floor = np.sort(first[:found])[found - k]
-    # The top k so far, a min-heap on (score, -index): its root is the worst kept.
-    size = 0
-    scored = 0
-    for group in range(n_groups):
-        side_score = side_scores[group_signature[group]]
-        reach = side_score + latent_norm * group_latent_max[group]
-        for position in range(group_starts[group], group_starts[group + 1]):
-            # The offsets fall along the group: the rest of it cannot reach the floor.
-            upper = sorted_offsets[position] + reach
-            if upper + 1e-9 * (1.0 + abs(upper)) < floor:
-                break
-            if flags[position]:
-                continue
-            offset = np.float64(biases[position]) + weight * np.float64(log_popularity[position])
-            bound = offset + side_score + latent_norm * latent_norms[position]
-            if bound + 1e-9 * (1.0 + abs(bound)) < floor:
-                continue
-            scored += 1
-            if scored > max_scored:
-                return -1
-            score = offset + _dot(factors, position, user)
-            i = order[position]  # the catalog index: the output, and ties go to the lower
-            if size < k:
-                # Sift up.
-                at = size
-                size += 1
-                while at > 0:
-                    parent = (at - 1) // 2
-                    ps, pi = heap_scores[parent], heap_items[parent]
-                    if ps < score or (ps == score and pi > i):
-                        break
-                    heap_scores[at], heap_items[at] = ps, pi
-                    at = parent
-                heap_scores[at], heap_items[at] = score, i
-                if size == k and heap_scores[0] > floor:
-                    floor = heap_scores[0]
-                continue
-            rs, ri = heap_scores[0], heap_items[0]
-            if score < rs or (score == rs and i > ri):
-                continue  # not better than the worst kept
-            # Replace the root and sift down.
-            at = 0
-            while True:
-                child = 2 * at + 1
-                if child >= k:
-                    break
-                if child + 1 < k:
-                    cs, ci = heap_scores[child], heap_items[child]
-                    ds, di = heap_scores[child + 1], heap_items[child + 1]
-                    if ds < cs or (ds == cs and di > ci):
-                        child += 1
-                cs, ci = heap_scores[child], heap_items[child]
-                if score < cs or (score == cs and i > ci):
-                    break
-                heap_scores[at], heap_items[at] = cs, ci
-                at = child
-            heap_scores[at], heap_items[at] = score, i
-            if heap_scores[0] > floor:
-                floor = heap_scores[0]
-    # Best first, ties to the lower index: sort (-score, index) pairs.
-    ranked = np.argsort(-heap_scores[:size], kind="mergesort")
-    for at in range(size):
-        out[at] = heap_items[ranked[at]]
-    start = 0
-    while start < size:
-        end = start + 1
-        while end < size and heap_scores[ranked[end]] == heap_scores[ranked[start]]:
-            end += 1
-        if end - start > 1:
-            out[start:end] = np.sort(out[start:end])
-        start = end
-    return size
-
-
-@_compile
 def _kernel(  # type: ignore[no-untyped-def]
     factors,
     biases,
@@ -330,36 +213,113 @@ def _kernel(  # type: ignore[no-untyped-def]
     first = np.empty(first_positions.shape[0])
     heap_scores = np.empty(k)
     heap_items = np.empty(k, dtype=np.int64)
+    n_groups = group_starts.shape[0] - 1
     for u in range(users.shape[0]):
         user = users[u]
+        weight = weights[u]
         for j in range(excluded_starts[u], excluded_starts[u + 1]):
             flags[position_of[excluded_items[j]]] = 1
         _side_scores(side_starts, side_dims, side_values, user, latent_dimensions, side_scores)
-        sizes[u] = _search(
-            factors,
-            biases,
-            log_popularity,
-            latent_norms,
-            first_positions,
-            order,
-            group_starts,
-            sorted_offsets,
-            group_latent_max,
-            group_signature,
-            flags,
-            side_scores,
-            first,
-            heap_scores,
-            heap_items,
-            user,
-            latent_dimensions,
-            weights[u],
-            k,
-            max_scored,
-            out[u],
-        )
+        latent_norm = 0.0
+        for d in range(latent_dimensions):
+            latent_norm += np.float64(user[d]) * np.float64(user[d])
+        latent_norm = math.sqrt(latent_norm)
+        # A starting floor: the k-th best exact score among the first items.
+        found = 0
+        for j in range(first_positions.shape[0]):
+            at = first_positions[j]
+            if flags[at]:
+                continue
+            offset = np.float64(biases[at]) + weight * np.float64(log_popularity[at])
+            first[found] = offset + _dot(factors, at, user)
+            found += 1
+        floor = -np.inf
+        if found >= k:
+            floor = np.sort(first[:found])[found - k]
+        # The top k so far, a min-heap on (score, -index): its root is the worst kept.
+        size = 0
+        scored = 0
+        gave_up = False
+        for group in range(n_groups):
+            if gave_up:
+                break
+            side_score = side_scores[group_signature[group]]
+            reach = side_score + latent_norm * group_latent_max[group]
+            for position in range(group_starts[group], group_starts[group + 1]):
+                # The offsets fall along the group: the rest of it cannot reach the floor.
+                upper = sorted_offsets[position] + reach
+                if upper + 1e-9 * (1.0 + abs(upper)) < floor:
+                    break
+                if flags[position]:
+                    continue
+                offset = np.float64(biases[position]) + weight * np.float64(
+                    log_popularity[position]
+                )
+                bound = offset + side_score + latent_norm * latent_norms[position]
+                if bound + 1e-9 * (1.0 + abs(bound)) < floor:
+                    continue
+                scored += 1
+                if scored > max_scored:
+                    gave_up = True
+                    break
+                score = offset + _dot(factors, position, user)
+                i = order[position]  # the catalog index: the output; ties go to the lower
+                if size < k:
+                    # Sift up.
+                    at = size
+                    size += 1
+                    while at > 0:
+                        parent = (at - 1) // 2
+                        ps, pi = heap_scores[parent], heap_items[parent]
+                        if ps < score or (ps == score and pi > i):
+                            break
+                        heap_scores[at], heap_items[at] = ps, pi
+                        at = parent
+                    heap_scores[at], heap_items[at] = score, i
+                    if size == k and heap_scores[0] > floor:
+                        floor = heap_scores[0]
+                    continue
+                rs, ri = heap_scores[0], heap_items[0]
+                if score < rs or (score == rs and i > ri):
+                    continue  # not better than the worst kept
+                # Replace the root and sift down.
+                at = 0
+                while True:
+                    child = 2 * at + 1
+                    if child >= k:
+                        break
+                    if child + 1 < k:
+                        cs, ci = heap_scores[child], heap_items[child]
+                        ds, di = heap_scores[child + 1], heap_items[child + 1]
+                        if ds < cs or (ds == cs and di > ci):
+                            child += 1
+                    cs, ci = heap_scores[child], heap_items[child]
+                    if score < cs or (score == cs and i > ci):
+                        break
+                    heap_scores[at], heap_items[at] = cs, ci
+                    at = child
+                heap_scores[at], heap_items[at] = score, i
+                if heap_scores[0] > floor:
+                    floor = heap_scores[0]
         for j in range(excluded_starts[u], excluded_starts[u + 1]):
             flags[position_of[excluded_items[j]]] = 0
+        if gave_up:
+            sizes[u] = -1
+            continue
+        # Best first, ties to the lower index: sort (-score, index) pairs.
+        row = out[u]
+        ranked = np.argsort(-heap_scores[:size], kind="mergesort")
+        for at in range(size):
+            row[at] = heap_items[ranked[at]]
+        start = 0
+        while start < size:
+            end = start + 1
+            while end < size and heap_scores[ranked[end]] == heap_scores[ranked[start]]:
+                end += 1
+            if end - start > 1:
+                row[start:end] = np.sort(row[start:end])
+            start = end
+        sizes[u] = size
 
 
 def pruned_top_many(
