@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from server.sources import RedisModelSource
@@ -41,6 +42,23 @@ async def test_user_contexts_match_one_by_one_reads(
     assert batch[0].n_events == 1 and batch[0].vector is not None
     assert batch[7] == UserContext(None, frozenset())
     assert await store.user_contexts([]) == []
+
+
+async def test_an_error_reply_fails_the_batch_and_spoils_no_later_read(
+    redis_client: aioredis.Redis, unique_name: str
+) -> None:
+    await seed_redis(redis_client, unique_name)
+    keys = KeySchema(unique_name)
+    store = ModelStore(redis_client, keys, "v1")
+    expected = await store.user_contexts(USERS)
+    await redis_client.set(keys.watched(77), b"not a hash")  # HKEYS answers WRONGTYPE
+    for _ in range(3):
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await store.user_contexts([1, 77, 2])
+    # No reply of the failed batch is left for a later read of the same connection.
+    again = await store.user_contexts(USERS)
+    assert all(_same(left, right) for left, right in zip(expected, again, strict=True))
+    assert await redis_client.get(keys.watched(77)) == b"not a hash"
 
 
 async def test_concurrent_requests_share_one_round_trip(
