@@ -15,7 +15,11 @@ one movie in a hundred is below the 20th best score, while a bound by the whole 
 movie about the same norm.
 
 :func:`pruned_top` walks the catalog once: the bound of each movie (a few loads and
-adds), and the exact score only where the bound reaches the k-th best score so far. A
+adds); where it reaches the k-th best score so far, a coarse score from a one-byte copy
+of the learned part (one cache line per movie) with its rounding error bounded; and the
+exact score only where that reaches the floor too (about one movie in ten of those the
+first bound lets through, on the learned model: the search reads rows of the catalog
+mostly from memory, not from the CPU's caches, when it serves). A
 first pass over the movies with the best ``b_i + w_floor * log_pop_i`` gives a floor to
 start from. Scores and bounds are computed in float64 from the float32 arrays, so a
 bound holds to within float64 rounding (a margin covers it); the lists equal
@@ -140,6 +144,18 @@ class PruningIndex:
         self.position_of = np.empty(n_items, dtype=np.int64)
         self.position_of[order] = np.arange(n_items)
         self.first_positions = self.position_of[first_items]
+        # A coarse copy of the learned parts, one byte per value and a scale per movie:
+        # one cache line per movie instead of five or six. A movie whose bound passes
+        # gets a coarse score first; its error is at most |u_latent| times the norm of
+        # the movie's rounding error, so only the movies whose coarse score plus that
+        # reaches the floor need their exact score (and their whole row from memory).
+        latent = self.factors[:, : self.latent_dimensions].astype(np.float64)
+        largest = np.abs(latent).max(axis=1, initial=0.0)
+        self.coarse_scale = np.where(largest > 0, largest / 127.0, 1.0)
+        coarse = np.clip(np.rint(latent / self.coarse_scale[:, np.newaxis]), -127, 127)
+        self.coarse = np.ascontiguousarray(coarse, dtype=np.int8)
+        rounding = latent - coarse * self.coarse_scale[:, np.newaxis]
+        self.coarse_error = np.sqrt(np.einsum("ij,ij->i", rounding, rounding))
         self.group_latent_max = np.zeros(len(groups))
         if n_items:
             self.group_latent_max = np.maximum.reduceat(self.latent_norms, self.group_starts[:-1])
@@ -167,6 +183,15 @@ def _dot(factors, i, user):  # type: ignore[no-untyped-def]
     return total
 
 
+@_compile_dot
+def _coarse_dot(coarse, i, user):  # type: ignore[no-untyped-def]
+    """``<coarse[i], user[:len(coarse[i])]>`` in float64."""
+    total = 0.0
+    for d in range(coarse.shape[1]):
+        total += np.float64(coarse[i, d]) * np.float64(user[d])
+    return total
+
+
 @_compile
 def _side_scores(side_starts, side_dims, side_values, user, latent_dimensions, out):  # type: ignore[no-untyped-def]
     """The side term of each signature, in float64 like the scores it bounds, from the
@@ -184,6 +209,9 @@ def _kernel(  # type: ignore[no-untyped-def]
     biases,
     log_popularity,
     latent_norms,
+    coarse,
+    coarse_scale,
+    coarse_error,
     side_starts,
     side_dims,
     side_values,
@@ -258,10 +286,18 @@ def _kernel(  # type: ignore[no-untyped-def]
                 bound = offset + side_score + latent_norm * latent_norms[position]
                 if bound + 1e-9 * (1.0 + abs(bound)) < floor:
                     continue
-                scored += 1
+                scored += 1  # a coarse score at least
                 if scored > max_scored:
                     gave_up = True
                     break
+                bound = (
+                    offset
+                    + side_score
+                    + coarse_scale[position] * _coarse_dot(coarse, position, user)
+                    + latent_norm * coarse_error[position]
+                )
+                if bound + 1e-9 * (1.0 + abs(bound)) < floor:
+                    continue
                 score = offset + _dot(factors, position, user)
                 i = order[position]  # the catalog index: the output; ties go to the lower
                 if size < k:
@@ -347,6 +383,9 @@ def pruned_top_many(
         index.biases,
         index.log_popularity,
         index.latent_norms,
+        index.coarse,
+        index.coarse_scale,
+        index.coarse_error,
         index.side_starts,
         index.side_dims,
         index.side_values,
