@@ -148,6 +148,17 @@ class ServerMetrics:
             registry=into,
             multiprocess_mode="max",
         )
+        self.connections = Gauge(
+            "reelfeed_server_connections",
+            "Open HTTP connections, summed over the workers.",
+            registry=into,
+            multiprocess_mode="livesum",
+        )
+        self.connections_rebalanced = Counter(
+            "reelfeed_server_connections_rebalanced",
+            "Connections closed after an answer to even out the workers' shares.",
+            registry=into,
+        )
         self.popularity_items = Gauge(
             "reelfeed_server_popularity_items",
             "Movies in the in-memory popularity list.",

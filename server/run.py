@@ -32,11 +32,12 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from server.app import BALANCE, create_app
+from server.app import BALANCE, METRICS, create_app
 from server.balance import ConnectionBalance
 from server.config import ServerConfig
+from server.metrics import ServerMetrics
 
-__all__ = ["run_server", "serve"]
+__all__ = ["keep_balance", "run_server", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ async def serve(
         balancing = None
         if balance is not None and runner.server is not None:
             balancing = asyncio.get_running_loop().create_task(
-                _keep_balance(balance, runner.server)
+                keep_balance(balance, runner.server, app[METRICS])
             )
         if stop is None:
             stop = asyncio.Event()
@@ -106,10 +107,24 @@ async def serve(
         await runner.cleanup()
 
 
-async def _keep_balance(balance: ConnectionBalance, server: web.Server) -> None:
+async def keep_balance(
+    balance: ConnectionBalance,
+    server: web.Server,
+    metrics: ServerMetrics,
+    interval_s: float = _BALANCE_INTERVAL_S,
+) -> None:
+    """Publish this worker's connection count every ``interval_s`` (forever: cancel it),
+    and export the count and the connections closed to balance the workers."""
+    counted = 0
     while True:
-        balance.update(len(server.connections))
-        await asyncio.sleep(_BALANCE_INTERVAL_S)
+        connections = len(server.connections)
+        balance.update(connections)
+        metrics.connections.set(connections)
+        closed = balance.shed_total
+        if closed > counted:
+            metrics.connections_rebalanced.inc(closed - counted)
+            counted = closed
+        await asyncio.sleep(interval_s)
 
 
 def _bound_port(runner: web.AppRunner, default: int) -> int:

@@ -241,6 +241,8 @@ def test_docs_list_the_metric_contract() -> None:
         "reelfeed_server_request_latency_seconds",
         "reelfeed_server_requests_total",
         "reelfeed_server_fallbacks_total",
+        "reelfeed_server_connections",
+        "reelfeed_server_connections_rebalanced_total",
         "reelfeed_ingest_lines_total",
         "reelfeed_ingest_rejected_total",
         "reelfeed_ingest_events_total",

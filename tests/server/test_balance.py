@@ -46,3 +46,34 @@ def test_a_worker_must_be_one_of_the_counts() -> None:
 def test_an_app_without_a_balance_keeps_connections(make_app: AppFactory) -> None:
     assert BALANCE not in make_app()
     assert isinstance(make_app(), web.Application)
+
+
+async def test_the_balance_task_exports_connections_and_closes() -> None:
+    import asyncio
+    import contextlib
+    from types import SimpleNamespace
+
+    from server.metrics import ServerMetrics
+    from server.run import keep_balance
+
+    metrics = ServerMetrics()
+    counts = [0, 2]
+    balance = ConnectionBalance(counts, 0)
+    server = SimpleNamespace(connections=[object()] * 9)  # 9 and 2: share 6, one kept
+    task = asyncio.get_running_loop().create_task(
+        keep_balance(balance, server, metrics, interval_s=0.01)  # type: ignore[arg-type]
+    )
+    try:
+        await asyncio.sleep(0.05)
+        assert counts == [9, 2]
+        assert metrics.registry.get_sample_value("reelfeed_server_connections") == 9
+        assert [balance.shed() for _ in range(3)] == [True, True, False]
+        server.connections = [object()] * 7
+        await asyncio.sleep(0.05)
+        value = metrics.registry.get_sample_value("reelfeed_server_connections_rebalanced_total")
+        assert value == 2
+        assert metrics.registry.get_sample_value("reelfeed_server_connections") == 7
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
