@@ -175,20 +175,12 @@ def _compile_dot(function):  # type: ignore[no-untyped-def]
 
 
 @_compile_dot
-def _dot(factors, i, user):  # type: ignore[no-untyped-def]
-    """``<factors[i], user>`` in float64."""
+def _dot(rows, i, user):  # type: ignore[no-untyped-def]
+    """``<rows[i], user[:rows.shape[1]]>`` in float64 (float32 rows, or the int8 coarse
+    copy: numba compiles one version for each)."""
     total = 0.0
-    for d in range(factors.shape[1]):
-        total += np.float64(factors[i, d]) * np.float64(user[d])
-    return total
-
-
-@_compile_dot
-def _coarse_dot(coarse, i, user):  # type: ignore[no-untyped-def]
-    """``<coarse[i], user[:len(coarse[i])]>`` in float64."""
-    total = 0.0
-    for d in range(coarse.shape[1]):
-        total += np.float64(coarse[i, d]) * np.float64(user[d])
+    for d in range(rows.shape[1]):
+        total += np.float64(rows[i, d]) * np.float64(user[d])
     return total
 
 
@@ -293,7 +285,7 @@ def _kernel(  # type: ignore[no-untyped-def]
                 bound = (
                     offset
                     + side_score
-                    + coarse_scale[position] * _coarse_dot(coarse, position, user)
+                    + coarse_scale[position] * _dot(coarse, position, user)
                     + latent_norm * coarse_error[position]
                 )
                 if bound + 1e-9 * (1.0 + abs(bound)) < floor:
