@@ -149,7 +149,7 @@ class PruningIndex:
         # gets a coarse score first; its error is at most |u_latent| times the norm of
         # the movie's rounding error, so only the movies whose coarse score plus that
         # reaches the floor need their exact score (and their whole row from memory).
-        latent = self.factors[:, : self.latent_dimensions].astype(np.float64)
+        latent = latent[order]
         largest = np.abs(latent).max(axis=1, initial=0.0)
         self.coarse_scale = np.where(largest > 0, largest / 127.0, 1.0)
         coarse = np.clip(np.rint(latent / self.coarse_scale[:, np.newaxis]), -127, 127)

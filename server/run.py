@@ -167,12 +167,12 @@ def run_server(config: ServerConfig, workers: int = 1) -> int:
             environment["PROMETHEUS_MULTIPROC_DIR"] = folder
         shared = folder if workers > 1 else None
         # Each worker's connection count, for the others to see (server.balance).
-        counts = context.RawArray("q", workers)
+        counts = context.RawArray("q", workers) if workers > 1 else None
         with _environment(environment):
             for index in range(workers):
                 spawned = context.Process(
                     target=_worker_main,
-                    args=(config, shared, level, counts if workers > 1 else None, index),
+                    args=(config, shared, level, counts, index),
                     name=f"reelfeed-server-{index}",
                     daemon=False,
                 )
