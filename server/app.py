@@ -41,7 +41,7 @@ from server.profiles import HttpProfiles, NoProfiles, ProfileSource
 from server.provenance import KafkaProvenance, ProvenanceRecord, ProvenanceSink
 from server.service import Recommendation, Recommender, Refresher, ServingState
 from server.sources import ModelSource, PopularitySource, RoutingSource, redis_sources
-from state import KeySchema, Routing, RoutingConflict, valid_version
+from state import KeySchema, RedisPipe, Routing, RoutingConflict, valid_version
 
 __all__ = [
     "BALANCE",
@@ -193,6 +193,7 @@ def _sources_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         client: aioredis.Redis | None = None
+        pipe: RedisPipe | None = None
         chosen_models, chosen_popularity, chosen_routing = models, popularity, routing
         if models is None or popularity is None or routing is None:
             # The deadline of each answer bounds Redis calls; no retries under it. No
@@ -210,8 +211,12 @@ def _sources_ctx(
                 # for every new connection (half of a connection's setup, measured).
                 driver_info=DriverInfo(lib_version=redis.__version__),
             )
+            # The per-answer reads go on a connection of their own (see state.pipe).
+            pipe = RedisPipe(
+                config.redis_url, connect_timeout_s=1.0, round_trip_timeout_s=_STORE_TIMEOUT_S
+            )
             redis_models, redis_popularity, redis_routing = redis_sources(
-                client, KeySchema(config.redis_prefix), _STORE_TIMEOUT_S
+                client, KeySchema(config.redis_prefix), pipe
             )
             chosen_models = models or redis_models
             chosen_popularity = popularity or redis_popularity
@@ -225,6 +230,8 @@ def _sources_ctx(
         try:
             yield
         finally:
+            if pipe is not None:
+                await pipe.close()
             if client is not None:
                 await client.aclose()
 

@@ -7,7 +7,8 @@ Redis classes are thin adapters over the ``state`` stores.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -16,9 +17,12 @@ from state import (
     ItemMatrix,
     KeySchema,
     ModelStore,
+    RedisPipe,
     Routing,
     RoutingStore,
     UserContext,
+    user_contexts_from_replies,
+    user_contexts_request,
 )
 
 __all__ = [
@@ -63,38 +67,26 @@ class RoutingSource(Protocol):
 
 
 class RedisModelSource:
-    """Model versions in Redis, one ``ModelStore`` per version.
+    """Model versions in Redis, one ``ModelStore`` per version; user contexts on a pipe.
 
     Concurrent ``user_context`` calls of a version are coalesced: the calls made
-    within one pass of the event loop wait together for one pipelined round trip
-    (``ModelStore.user_contexts``). Nothing waits on a timer, so a lone request goes
-    out at once, while under load a round trip carries many users (measured with
-    ``bench.serve``: fewer syscalls, pool checkouts and tasks per answer).
-
-    A round trip that takes longer than ``round_trip_timeout_s`` fails (its callers
-    have given up long before, at their own deadline; this frees the connection of a
-    stalled Redis). The limit is on the whole round trip rather than the client's
-    ``socket_timeout``, which redis-py applies to every reply of a pipeline with one
-    ``asyncio.timeout`` each (measured: 5% of the server's CPU).
+    within one pass of the event loop share one request on ``pipe`` (an MGET of their
+    vectors and an HKEYS of each one's watched movies). Nothing waits on a timer, so a
+    lone request goes out at once, while under load a request carries many users
+    (measured with ``bench.serve``: fewer syscalls and callbacks per answer). The pipe
+    keeps many such requests in flight on one connection and gives up on a round trip
+    longer than its limit (its callers have given up long before, at their own
+    deadline; this frees the connection of a stalled Redis).
     """
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        keys: KeySchema,
-        coalesce: bool = True,
-        round_trip_timeout_s: float = 5.0,
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, keys: KeySchema, pipe: RedisPipe) -> None:
         self._client = client
         self._keys = keys
-        self._round_trip_timeout_s = round_trip_timeout_s
+        self._pipe = pipe
         self._stores: dict[str, ModelStore] = {}
         self._features = FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S)
-        self._coalesce = coalesce
-        #: Users waiting for the next round trip, by version, with their futures.
+        #: Users waiting for the next request, by version, with their futures.
         self._pending: dict[str, list[tuple[int, asyncio.Future[UserContext]]]] = {}
-        #: Round trips in flight (referenced so that they are not collected).
-        self._fetches: set[asyncio.Task[None]] = set()
 
     def _store(self, version: str) -> ModelStore:
         store = self._stores.get(version)
@@ -111,8 +103,6 @@ class RedisModelSource:
     async def user_context(self, version: str | None, user_id: int) -> UserContext:
         if version is None:
             return UserContext(None, frozenset(await self._features.watched(user_id)))
-        if not self._coalesce:
-            return await self._store(version).user_context(user_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[UserContext] = loop.create_future()
         pending = self._pending.get(version)
@@ -127,36 +117,41 @@ class RedisModelSource:
         waiting = [(user, future) for user, future in batch if not future.done()]
         if not waiting:
             return
-        task = asyncio.get_running_loop().create_task(self._fetch(version, waiting))
-        self._fetches.add(task)
-        task.add_done_callback(self._fetches.discard)
+        payload, replies = user_contexts_request(self._keys, version, [user for user, _ in waiting])
+        self._pipe.request(payload, replies).add_done_callback(partial(_deliver, waiting))
 
-    async def _fetch(
-        self, version: str, batch: list[tuple[int, asyncio.Future[UserContext]]]
-    ) -> None:
+
+def _deliver(
+    batch: list[tuple[int, asyncio.Future[UserContext]]], replies: asyncio.Future[list[Any]]
+) -> None:
+    """Hand each waiting caller its context, or the round trip's failure."""
+    if replies.cancelled():
+        for _, future in batch:
+            future.cancel()
+        return
+    failure = replies.exception()
+    if failure is None:
         try:
-            async with asyncio.timeout(self._round_trip_timeout_s):
-                contexts = await self._store(version).user_contexts([user for user, _ in batch])
-        except asyncio.CancelledError:  # shutdown: its callers are cancelled too
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:  # each caller falls back on its own
-            for _, future in batch:
+            contexts = user_contexts_from_replies(replies.result())
+        except Exception as exc:  # a reply of another shape: each caller falls back
+            failure = exc
+        else:
+            for (_, future), context in zip(batch, contexts, strict=True):
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_result(context)
             return
-        for (_, future), context in zip(batch, contexts, strict=True):
-            if not future.done():
-                future.set_result(context)
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(failure)
 
 
 def redis_sources(
-    client: aioredis.Redis, keys: KeySchema, round_trip_timeout_s: float = 5.0
+    client: aioredis.Redis, keys: KeySchema, pipe: RedisPipe
 ) -> tuple[RedisModelSource, FeatureStore, RoutingStore]:
-    """The Redis implementations of the three sources, on one client."""
+    """The Redis implementations of the three sources, on one client (and the user
+    contexts on ``pipe``)."""
     return (
-        RedisModelSource(client, keys, round_trip_timeout_s=round_trip_timeout_s),
+        RedisModelSource(client, keys, pipe),
         FeatureStore(client, keys, _READ_ONLY_HALF_LIFE_S),
         RoutingStore(client, keys),
     )

@@ -10,7 +10,16 @@ from state.features import (
     WatchUpdate,
 )
 from state.keys import KeySchema
-from state.model_store import Checkpoint, ItemMatrix, ModelStore, UserContext, user_row
+from state.model_store import (
+    Checkpoint,
+    ItemMatrix,
+    ModelStore,
+    UserContext,
+    user_contexts_from_replies,
+    user_contexts_request,
+    user_row,
+)
+from state.pipe import RedisPipe
 from state.registry import VersionRecord, VersionRegistry
 from state.routing import Routing, RoutingConflict, RoutingStore, canary_bucket, valid_version
 from state.segments import SEGMENTS, segment_genre, segment_of
@@ -26,6 +35,7 @@ __all__ = [
     "LearnerRequest",
     "ModelStore",
     "RatingUpdate",
+    "RedisPipe",
     "RejectUpdate",
     "RequestUpdate",
     "Routing",
@@ -41,6 +51,8 @@ __all__ = [
     "canary_bucket",
     "segment_genre",
     "segment_of",
+    "user_contexts_from_replies",
+    "user_contexts_request",
     "user_row",
     "valid_version",
 ]

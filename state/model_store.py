@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from state._replies import int_hash
 from state._replies import text as _text
 from state.keys import KeySchema
+from state.pipe import pack_commands
 
 __all__ = ["BatchCut", "Checkpoint", "ItemMatrix", "ModelStore", "UserContext", "user_row"]
 
@@ -348,19 +349,6 @@ class ModelStore:
             row, watched = await pipe.execute()
         return _context(row, watched)
 
-    async def user_contexts(self, user_ids: Sequence[int]) -> list[UserContext]:
-        """The contexts of several users (in order; repeats allowed), in one round trip:
-        one MGET of the vectors and one HKEYS per user, pipelined."""
-        if not user_ids:
-            return []
-        keys, version = self._keys, self.version
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.mget([keys.user_vector(version, user) for user in user_ids])
-            for user in user_ids:
-                pipe.hkeys(keys.watched(user))
-            rows, *watched = await pipe.execute()
-        return [_context(row, movies) for row, movies in zip(rows, watched, strict=True)]
-
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         header = orjson.dumps({"positions": checkpoint.positions, "created": checkpoint.created})
         blob = struct.pack("<I", len(header)) + header + checkpoint.state
@@ -374,6 +362,40 @@ class ModelStore:
         (length,) = struct.unpack_from("<I", raw)
         header = orjson.loads(raw[4 : 4 + length])
         return Checkpoint(raw[4 + length :], dict(header["positions"]), float(header["created"]))
+
+
+def user_contexts_request(
+    keys: KeySchema, version: str, user_ids: Sequence[int]
+) -> tuple[bytes, int]:
+    """The commands that read the contexts of ``user_ids`` in ``version`` (one MGET of
+    the vectors, one HKEYS per user), for a ``state.pipe.RedisPipe``, and how many
+    replies they ask for; :func:`user_contexts_from_replies` reads the replies.
+
+    Examples
+    --------
+    >>> payload, replies = user_contexts_request(KeySchema("rf"), "v1", [7])
+    >>> replies, payload.count(b"rf:v:v1:u:7"), payload.count(b"rf:u:7:watched")
+    (2, 1, 1)
+    """
+    commands = [("MGET", *[keys.user_vector(version, user) for user in user_ids])]
+    commands += [("HKEYS", keys.watched(user)) for user in user_ids]
+    return pack_commands(*commands), len(commands)
+
+
+def user_contexts_from_replies(replies: Sequence[Any]) -> list[UserContext]:
+    """The contexts in the replies to :func:`user_contexts_request`, in order.
+
+    Examples
+    --------
+    >>> row = user_row(3, np.array([0.5, -1.0], dtype=np.float32)).tobytes()
+    >>> known, unknown = user_contexts_from_replies([[row, None], [b"m1", b"m2"], []])
+    >>> known.n_events, known.vector.tolist(), sorted(known.watched)
+    (3, [0.5, -1.0], ['m1', 'm2'])
+    >>> unknown
+    UserContext(vector=None, watched=frozenset(), n_events=0)
+    """
+    rows, watched = replies[0], replies[1:]
+    return [_context(row, movies) for row, movies in zip(rows, watched, strict=True)]
 
 
 def _context(row: bytes | str | None, watched: list[bytes | str]) -> UserContext:

@@ -28,13 +28,13 @@ sys.exit(run_server(ServerConfig(**orjson.loads(sys.argv[1])), workers=int(sys.a
 """
 
 
-async def _get(url: str) -> tuple[int, str]:
+async def _get(url: str) -> tuple[int, str, dict[str, str]]:
     # A new connection per request, so that the kernel may pick either worker.
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
         session.get(url) as response,
     ):
-        return response.status, await response.text()
+        return response.status, await response.text(), dict(response.headers)
 
 
 async def test_two_workers_share_the_port_and_their_metrics(
@@ -68,13 +68,15 @@ async def test_two_workers_share_the_port_and_their_metrics(
                     pass
                 await asyncio.sleep(0.2)
         for user in range(40):
-            status, body = await _get(f"{base}/recommend/{user % 20 + 1}")
+            status, body, headers = await _get(f"{base}/recommend/{user % 20 + 1}")
             assert status == 200 and len(body.split(",")) == 20
+            # The model's lists, read under uvloop as in production: no fallback.
+            assert "X-Fallback" not in headers and headers["X-Model-Version"] == "v1", headers
         # Each worker adds its counts to the shared files every half second (a scrape
         # flushes its own worker at once): after that, any worker's scrape has them all.
         await asyncio.sleep(1.0)
         for _ in range(6):
-            _, text = await _get(f"{base}/metrics")
+            _, text, _ = await _get(f"{base}/metrics")
             match = re.search(r'reelfeed_server_requests_total\{status="200"\} (\S+)', text)
             assert match is not None and float(match.group(1)) == 40.0, text
         # Both workers served: one "serving on" line per pid.
