@@ -60,6 +60,8 @@ class ServerConfig:
     #: After this many Redis failures in a row, answers skip Redis for ``redis_retry_s``.
     redis_failures_to_open: int = 3
     redis_retry_s: float = 1.0
+    #: redis-py's pool, for the refresher's polls and the admin calls; the answers'
+    #: reads share one more connection per worker (``state.RedisPipe``).
     redis_max_connections: int = 256
     #: Profiles of the course user API kept in memory, and for how long.
     profile_cache_size: int = 100_000
