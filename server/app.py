@@ -76,6 +76,8 @@ _MAX_ID_DIGITS = 20
 _TEXT_UTF8 = "text/plain; charset=utf-8"
 #: Longest wait for Redis outside the answers' own deadline (admin calls, round trips).
 _STORE_TIMEOUT_S = 5.0
+#: Longest wait for a new Redis connection (redis-py's pool and the answers' pipe).
+_CONNECT_TIMEOUT_S = 1.0
 #: Seconds between flushes of the per-answer counts into the Prometheus values.
 _METRICS_FLUSH_S = 0.5
 _random_bits = random.getrandbits
@@ -203,7 +205,7 @@ def _sources_ctx(
             # endpoints' timeouts).
             client = aioredis.Redis.from_url(
                 config.redis_url,
-                socket_connect_timeout=1.0,
+                socket_connect_timeout=_CONNECT_TIMEOUT_S,
                 socket_timeout=None,
                 retry=Retry(NoBackoff(), 0),
                 max_connections=config.redis_max_connections,
@@ -213,7 +215,9 @@ def _sources_ctx(
             )
             # The per-answer reads go on a connection of their own (see state.pipe).
             pipe = RedisPipe(
-                config.redis_url, connect_timeout_s=1.0, round_trip_timeout_s=_STORE_TIMEOUT_S
+                config.redis_url,
+                connect_timeout_s=_CONNECT_TIMEOUT_S,
+                round_trip_timeout_s=_STORE_TIMEOUT_S,
             )
             redis_models, redis_popularity, redis_routing = redis_sources(
                 client, KeySchema(config.redis_prefix), pipe

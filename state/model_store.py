@@ -36,7 +36,16 @@ from state._replies import text as _text
 from state.keys import KeySchema
 from state.pipe import pack_commands
 
-__all__ = ["BatchCut", "Checkpoint", "ItemMatrix", "ModelStore", "UserContext", "user_row"]
+__all__ = [
+    "BatchCut",
+    "Checkpoint",
+    "ItemMatrix",
+    "ModelStore",
+    "UserContext",
+    "user_contexts_from_replies",
+    "user_contexts_request",
+    "user_row",
+]
 
 _MAGIC = b"RFIM1"
 _HEADER = struct.Struct("<5sI")

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, cast
 
 import hiredis
@@ -51,6 +51,12 @@ class _Request(NamedTuple):
     replies: list[Any]
     expected: int
     sent: float
+
+
+def _fail_all(requests: Iterable[_Request], failure: Exception) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(failure)
 
 
 class _Connection(asyncio.Protocol):
@@ -86,9 +92,7 @@ class _Connection(asyncio.Protocol):
             transport.abort()
         self._pipe._forget(self)
         in_flight, self.in_flight = self.in_flight, deque()
-        for request in in_flight:
-            if not request.future.done():
-                request.future.set_exception(failure)
+        _fail_all(in_flight, failure)
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -239,18 +243,18 @@ class RedisPipe:
                     await login
         except (Exception, asyncio.CancelledError) as exc:
             self._connecting = None
-            connection.fail(ConnectionError("connect cancelled"))
-            failure: Exception = (
-                ConnectionError(f"no connection to Redis within {self._connect_timeout_s} s")
-                if isinstance(exc, TimeoutError)
-                else exc
-                if isinstance(exc, Exception)
-                else ConnectionError("connect cancelled")
-            )
+            failure: Exception
+            if isinstance(exc, TimeoutError):
+                failure = ConnectionError(
+                    f"no connection to Redis within {self._connect_timeout_s} s"
+                )
+            elif isinstance(exc, Exception):  # refused, unreachable, AUTH or SELECT refused
+                failure = exc
+            else:
+                failure = ConnectionError("the Redis pipe is closed")
+            connection.fail(failure)
             queued, self._queued = self._queued, []
-            for _, request in queued:
-                if not request.future.done():
-                    request.future.set_exception(failure)
+            _fail_all([request for _, request in queued], failure)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
