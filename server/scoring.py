@@ -55,6 +55,7 @@ times a second:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Collection, Sequence
 
@@ -67,6 +68,8 @@ from server.pruning import PruningIndex, compile_kernel, pruned_top_many
 from state import ItemMatrix
 
 __all__ = ["ModelScorer", "ScoringError"]
+
+log = logging.getLogger(__name__)
 
 #: Items per group of the candidate bound on the full product.
 _GROUP_SIZE = 64
@@ -198,11 +201,19 @@ class ModelScorer:
         self._index = {movie: item for item, movie in enumerate(self.movie_ids)}
         self._prepare_pruning()
         #: The compiled bound per movie (``server.pruning``), when numba is there.
-        self._pruning = (
-            PruningIndex(factors, biases, self._popularity_scores, side_columns, self._floor_weight)
-            if PRUNING_AVAILABLE and n_items
-            else None
-        )
+        self._pruning: PruningIndex | None = None
+        if PRUNING_AVAILABLE and n_items:
+            try:
+                self._pruning = PruningIndex(
+                    factors,
+                    biases,
+                    self._popularity_scores,
+                    side_columns,
+                    self._floor_weight,
+                    keys=self.movie_ids,
+                )
+            except ValueError:  # two ids with one hash: the steps below are exact
+                log.warning("%s@%d: scoring without the compiled bound", version, self.revision)
         self._max_pruned = max(_MIN_PRUNED, n_items // _PRUNED_SHARE)
         self._pruning_tries = self._pruning_misses = 0
         if self._pruning is not None:
@@ -485,13 +496,12 @@ class ModelScorer:
                 return left
         else:
             left = []
-        index = self._index
         weight, cold = self._popularity_weight, self._cold_start_events
         tops = pruned_top_many(
             self._pruning,
             users,
             [blend_weight(n_events[at], weight, cold) for at in chosen],
-            [[item for item in map(index.get, watched[at]) if item is not None] for at in chosen],
+            [watched[at] for at in chosen],
             k,
             self._max_pruned,
         )

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from online_model.ranking import RankingTable, blend_weight, popularity_log_scores
 from server.popularity import SEGMENTS, PopularList, segment_of
-from server.pruning import pruned_top
+from server.pruning import PruningIndex, pruned_top
 from server.scoring import ModelScorer, ScoringError
 from state import ItemMatrix
 
@@ -260,10 +260,9 @@ def test_the_side_column_bound_scores_a_fraction_of_a_realistic_catalog() -> Non
         expected = table.recommend(vector, events, watched, 20)
         assert split.recommend(vector, watched, 20, events) == expected
         weight = blend_weight(events, 0.1, 1.0)
-        excluded = [int(m[1:]) for m in watched]
-        top = pruned_top(split._pruning, vector, weight, excluded, 20, n_items // 20)
+        top = pruned_top(split._pruning, vector, weight, watched, 20, n_items // 20)
         within_a_twentieth += top is not None
-        whole_top = pruned_top(whole._pruning, vector, weight, excluded, 20, n_items // 20)
+        whole_top = pruned_top(whole._pruning, vector, weight, watched, 20, n_items // 20)
         whole_within += whole_top is not None
     assert within_a_twentieth >= 27 and whole_within <= 3, (within_a_twentieth, whole_within)
 
@@ -272,6 +271,28 @@ def test_side_columns_with_as_many_rows_as_items_are_not_split() -> None:
     matrix = _matrix(400, 6, 1, False, True)
     scorer = ModelScorer("v", matrix, 0.1, 1.0, side_columns=3)  # random: all distinct
     assert scorer._pruning is not None and scorer._pruning.side_columns == 0
+
+
+def test_the_compiled_search_excludes_movies_by_their_keys() -> None:
+    matrix = _matrix(300, 4, 0, False, True)
+    factors = np.asarray(matrix.factors, np.float32)
+    biases = np.asarray(matrix.biases, np.float32)
+    log_popularity = np.zeros(300, np.float32)
+    by_index = PruningIndex(factors, biases, log_popularity, 0, 0.0)
+    by_id = PruningIndex(factors, biases, log_popularity, 0, 0.0, keys=matrix.movie_ids)
+    vector = np.ones(4, np.float32)
+    everything = pruned_top(by_index, vector, 0.0, [], 10, 300)
+    assert everything is not None
+    best = everything.tolist()
+    ids = [matrix.movie_ids[i] for i in best[:3]]
+    for index, excluded in ((by_index, best[:3]), (by_id, ids + ["not-in-the-catalog"])):
+        top = pruned_top(index, vector, 0.0, excluded, 10, 300)
+        assert top is not None
+        assert top.tolist()[:7] == best[3:]
+    # Keys are compared by hash, so two keys with one hash cannot both be told apart.
+    assert hash(-1) == hash(-2)
+    with pytest.raises(ValueError, match="same hash"):
+        PruningIndex(factors[:2], biases[:2], log_popularity[:2], 0, 0.0, keys=[-1, -2])
 
 
 def test_scorer_refuses_what_it_cannot_score() -> None:
