@@ -485,40 +485,31 @@ class ModelScorer:
         ``results``; returns the users it gave up on (and those with a vector that is
         not finite, for the caller to report)."""
         assert self._pruning is not None
-        users = np.stack([vectors[at] for at in chosen])
-        finite = np.asarray(np.isfinite(users).all(axis=1))
-        if not finite.all():
-            kept = [bool(ok) for ok in finite]
-            left = [at for at, ok in zip(chosen, kept, strict=True) if not ok]
-            chosen = [at for at, ok in zip(chosen, kept, strict=True) if ok]
-            users = users[finite]
-            if not chosen:
-                return left
-        else:
-            left = []
         weight, cold = self._popularity_weight, self._cold_start_events
         tops = pruned_top_many(
             self._pruning,
-            users,
+            np.stack([vectors[at] for at in chosen]),
             [blend_weight(n_events[at], weight, cold) for at in chosen],
             [watched[at] for at in chosen],
             k,
             self._max_pruned,
         )
         ids = self.movie_ids
+        left: list[int] = []
         misses = 0
         for at, top in zip(chosen, tops, strict=True):
-            if top is None:
-                left.append(at)
-                misses += 1
-            else:
-                results[at] = [ids[i] for i in top.tolist()]
+            if top is not None:
+                results[at] = [ids[i] for i in top]
+                continue
+            left.append(at)
+            # Not a miss of the bound when the vector is not finite (the caller says so).
+            misses += bool(np.isfinite(vectors[at]).all())
         self._pruning_tries += len(chosen)
         self._pruning_misses += misses
         if self._pruning_tries >= _PRUNING_TRIAL and self._pruning_misses * 2 > self._pruning_tries:
             # On this matrix the bound rules out too little: stop paying for it.
             self._pruning = None
-        return sorted(left)
+        return left
 
     def sorted_positions(self, movies: Collection[str]) -> list[int]:
         """Rows of the known ``movies`` in the scorer's sorted arrays (for ``_pruned_top``)."""
