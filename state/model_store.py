@@ -402,6 +402,8 @@ def user_contexts_from_replies(replies: Sequence[Any]) -> list[UserContext]:
     (3, [0.5, -1.0], ['m1', 'm2'])
     >>> unknown
     UserContext(vector=None, watched=frozenset(), n_events=0)
+    >>> user_contexts_from_replies([[None], ["m1"]])[0].watched  # a client that decodes
+    frozenset({'m1'})
     """
     rows, watched = replies[0], replies[1:]
     return [_context(row, movies) for row, movies in zip(rows, watched, strict=True)]
@@ -409,7 +411,10 @@ def user_contexts_from_replies(replies: Sequence[Any]) -> list[UserContext]:
 
 def _context(row: bytes | str | None, watched: list[bytes | str]) -> UserContext:
     stored = _vector(row)
-    movies = frozenset(map(_text, watched))
+    try:  # bytes, as this store's clients reply: decoded without a Python call per id
+        movies = frozenset(map(bytes.decode, watched))  # type: ignore[arg-type]
+    except TypeError:  # str ids from a client that decodes replies
+        movies = frozenset(map(_text, watched))
     if stored is None or stored.shape[0] < 2:
         return UserContext(None, movies)
     return UserContext(stored[1:], movies, int(stored[0]))
