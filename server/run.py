@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterator, MutableSequence
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -36,6 +37,7 @@ from server.app import BALANCE, METRICS, create_app
 from server.balance import ConnectionBalance
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
+from server.pruning import compile_kernel
 
 __all__ = ["keep_balance", "run_server", "serve"]
 
@@ -75,6 +77,7 @@ async def serve(
     # the process's CPU in the collector; with 10,000, 9 collections and 0.4%. Cyclic
     # garbage, rare here, lives a little longer.
     gc.set_threshold(_YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+    _compile_scoring()
     app = create_app(config, multiprocess_dir=multiprocess_dir, freeze_gc=True)
     if balance is not None:
         app[BALANCE] = balance
@@ -159,6 +162,11 @@ def run_server(config: ServerConfig, workers: int = 1) -> int:
         stopping = True
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Once here, so that the workers load the compiled search from numba's cache on disk
+    # instead of all compiling it at once (on a cold cache that took long enough for a
+    # worker's first model load to time out: it answered from popularity until the next
+    # poll). Where the cache cannot be written, each worker still compiles its own.
+    _compile_scoring()
     with tempfile.TemporaryDirectory(prefix="reelfeed-server-metrics-") as folder:
         context = multiprocessing.get_context("spawn")
         processes: list[multiprocessing.process.BaseProcess] = []
@@ -204,6 +212,16 @@ def run_server(config: ServerConfig, workers: int = 1) -> int:
                 signal.signal(signum, handler)
         failed = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
         return 0 if stopping and not failed else 1
+
+
+def _compile_scoring() -> None:
+    """Compile the scoring search (``server.pruning``) before serving, not in the first
+    model load, whose time is bounded."""
+    started = time.perf_counter()
+    compile_kernel()
+    elapsed = time.perf_counter() - started
+    if elapsed > 1.0:
+        log.info("compiled the scoring search in %.1f s", elapsed)
 
 
 @contextlib.contextmanager
