@@ -55,8 +55,10 @@ class ServerConfig:
     cold_start_events: float = 0.0
     #: Provenance records held while Kafka is slow or down; beyond, the oldest are dropped.
     provenance_buffer: int = 20_000
-    #: Longest time a provenance record waits before it is sent, in seconds.
-    provenance_linger_s: float = 0.05
+    #: Longest time a provenance record waits before it is sent, in seconds. Longer
+    #: means fewer, larger produce requests: 0.2 instead of 0.05 measured 6-12% less
+    #: CPU per answer at 64 connections (with the broker on the same two cores).
+    provenance_linger_s: float = 0.2
     #: After this many Redis failures in a row, answers skip Redis for ``redis_retry_s``.
     redis_failures_to_open: int = 3
     redis_retry_s: float = 1.0

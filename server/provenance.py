@@ -37,6 +37,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_RECORDS_PER_ROUND = 2_000
+#: Records encoded between two yields to the event loop: a round of a few hundred at
+#: once (about 3.5 us each) held up every answer in flight for a millisecond or more.
+_RECORDS_PER_SLICE = 100
 _RETRY_MIN_S = 0.5
 _RETRY_MAX_S = 10.0
 
@@ -136,7 +139,7 @@ class KafkaProvenance:
         topic: str,
         *,
         buffer_size: int = 20_000,
-        linger_s: float = 0.05,
+        linger_s: float = 0.2,
         metrics: ServerMetrics | None = None,
         producer_factory: ProducerFactory | None = None,
     ) -> None:
@@ -261,10 +264,14 @@ class KafkaProvenance:
         for _ in range(take):
             record = buffer.popleft()
             by_partition.setdefault(partitions[record.user_id % count], []).append(record)
+        encoded = 0
         for partition, records in by_partition.items():
             batch = producer.create_batch()
             pending = 0
             for record in records:
+                encoded += 1
+                if encoded % _RECORDS_PER_SLICE == 0:
+                    await asyncio.sleep(0)  # let the answers waiting meanwhile go first
                 key = str(record.user_id).encode()
                 timestamp = int(record.time * 1000)
                 if batch.append(key=key, value=record.to_json(), timestamp=timestamp) is None:
