@@ -53,6 +53,7 @@ __all__ = [
     "REFRESHER",
     "ROUTING",
     "STATE",
+    "answer_recommend_directly",
     "create_app",
     "parse_user_id",
 ]
@@ -331,9 +332,46 @@ def _refresher_ctx(refresh: bool, freeze_gc: bool) -> _Ctx:
 
 
 async def recommend(request: web.Request) -> web.Response:
+    return await _recommend(request.app, request.match_info["user_id"])
+
+
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+_RECOMMEND_PREFIX = "/recommend/"
+
+
+def answer_recommend_directly(app: web.Application, handler: _Handler) -> _Handler:
+    """``handler`` (a server's, for ``app``), with ``GET /recommend/<digits>`` answered
+    without the application's router.
+
+    The router's path to a handler (resolving the route, building and freezing its match
+    info, the middleware and signal checks) costs about 18 us per request, a third of a
+    fixed-line answer (measured: 51 against 33 us of CPU per answer for the same
+    fixed-line handler behind an ``Application`` and behind a bare ``web.Server``,
+    alternating runs). Only the most common request takes this path: a GET whose raw
+    path is the prefix and decimal digits, no query, no escapes; it gets what the
+    routed ``/recommend/{user_id}`` handler gives, by the same code. Everything else,
+    including every malformed request, goes through the router as before.
+
+    ``server.run`` installs it on its runner's server (``Server.request_handler``,
+    read by each new connection).
+    """
+    prefix, skip = _RECOMMEND_PREFIX, len(_RECOMMEND_PREFIX)
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET":
+            path = request.raw_path
+            if path.startswith(prefix):
+                raw = path[skip:]
+                if raw.isdigit() and raw.isascii():
+                    return await _recommend(app, raw)
+        return await handler(request)
+
+    return dispatch
+
+
+async def _recommend(app: web.Application, raw_user_id: str) -> web.Response:
     started = time.perf_counter()
-    app = request.app
-    user_id = parse_user_id(request.match_info["user_id"], app[CONFIG].max_user_id)
+    user_id = parse_user_id(raw_user_id, app[CONFIG].max_user_id)
     if isinstance(user_id, str):
         app[METRICS].rejected(time.perf_counter() - started)
         raise web.HTTPBadRequest(text=user_id)

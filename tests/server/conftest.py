@@ -21,6 +21,7 @@ from server import (
     UserProfile,
     create_app,
 )
+from server.app import answer_recommend_directly
 from state import (
     FeatureStore,
     ItemMatrix,
@@ -239,9 +240,23 @@ def make_app(fakes: Fakes) -> AppFactory:
     return factory
 
 
-@pytest.fixture
-async def client(make_app: AppFactory) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    async with TestClient(TestServer(make_app())) as test_client:
+def answer_directly(runner: web.BaseRunner, app: web.Application) -> None:
+    """Serve ``app`` on ``runner`` as ``server.run`` does: ``/recommend`` past the router."""
+    assert runner.server is not None
+    runner.server.request_handler = answer_recommend_directly(app, runner.server.request_handler)
+
+
+@pytest.fixture(params=["routed", "direct"])
+async def client(
+    make_app: AppFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """A client of the app with fakes; each test runs through the router and through
+    the direct ``/recommend`` path that ``server.run`` serves (they must not differ)."""
+    app = make_app()
+    async with TestClient(TestServer(app)) as test_client:
+        if request.param == "direct":
+            assert test_client.server.runner is not None
+            answer_directly(test_client.server.runner, app)
         yield test_client
 
 
@@ -249,13 +264,15 @@ async def client(make_app: AppFactory) -> AsyncIterator[TestClient[web.Request, 
 def live_server(make_app: AppFactory) -> Iterator[str]:
     """The app with fakes on a real socket, on its own loop in a thread (for sync clients)."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(), access_log=None)
+    app = make_app()
+    runner = web.AppRunner(app, access_log=None)
     started = threading.Event()
     bound: list[str] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(runner.setup())
+        answer_directly(runner, app)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         loop.run_until_complete(site.start())
         host, port = runner.addresses[0][:2]

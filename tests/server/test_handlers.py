@@ -11,9 +11,10 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from online_model.ranking import RankingTable
-from server.app import METRICS, REFRESHER, STATE
+from server.app import METRICS, REFRESHER, STATE, answer_recommend_directly
 from server.popularity import segment_genre
 from server.profiles import UserProfile
 from state import ItemMatrix, Routing
@@ -67,6 +68,49 @@ async def test_invalid_user_id_is_a_400_with_a_one_line_reason(client: Client, r
     text = await response.text()
     assert "\n" not in text.strip() and "user id" in text
     assert metric(client, "reelfeed_server_requests_total", status="400") == 1
+
+
+async def test_the_direct_path_takes_plain_ids_and_leaves_the_rest_to_the_router(
+    make_app: AppFactory, fakes: Fakes
+) -> None:
+    with_model(fakes)
+    app = make_app()
+    routed: list[str] = []
+    async with TestClient(TestServer(app)) as client:
+        await refresh(client)
+        server = client.server.runner.server if client.server.runner else None
+        assert server is not None
+        router = server.request_handler
+
+        async def counting(request: web.BaseRequest) -> web.StreamResponse:
+            routed.append(f"{request.method} {request.raw_path}")
+            return await router(request)
+
+        server.request_handler = answer_recommend_directly(app, counting)
+        direct = await client.get("/recommend/3")
+        assert direct.status == 200 and routed == []
+        assert (await direct.text()).split(",") == reference_list(fakes, "v1", 3)
+        assert (await client.get("/recommend/00003")).status == 200
+        assert (await client.get("/recommend/99999999999")).status == 400
+        assert routed == []
+        # Anything but a GET of prefix and digits goes through the router, as before.
+        assert (await client.get("/recommend/3?x=1")).status == 200
+        assert (await client.get(URL("/recommend/%33", encoded=True))).status == 200
+        assert (await client.head("/recommend/3")).status == 405
+        assert (await client.post("/recommend/3")).status == 405
+        assert (await client.get("/recommend/3/")).status == 404
+        assert (await client.get("/recommend/")).status == 404
+        assert (await client.get("/healthz")).status == 200
+        assert routed == [
+            "GET /recommend/3?x=1",
+            "GET /recommend/%33",
+            "HEAD /recommend/3",
+            "POST /recommend/3",
+            "GET /recommend/3/",
+            "GET /recommend/",
+            "GET /healthz",
+        ]
+    assert [record.user_id for record in fakes.provenance.records] == [3, 3, 3, 3]
 
 
 # ---------------------------------------------------------------- the model's list
