@@ -265,22 +265,34 @@ class KafkaProvenance:
             record = buffer.popleft()
             by_partition.setdefault(partitions[record.user_id % count], []).append(record)
         encoded = 0
-        for partition, records in by_partition.items():
-            batch = producer.create_batch()
-            pending = 0
-            for record in records:
-                encoded += 1
-                if encoded % _RECORDS_PER_SLICE == 0:
-                    await asyncio.sleep(0)  # let the answers waiting meanwhile go first
-                key = str(record.user_id).encode()
-                timestamp = int(record.time * 1000)
-                if batch.append(key=key, value=record.to_json(), timestamp=timestamp) is None:
-                    await self._send_batch(producer, batch, partition, pending)
-                    batch = producer.create_batch()
-                    pending = 0
-                    batch.append(key=key, value=record.to_json(), timestamp=timestamp)
-                pending += 1
-            await self._send_batch(producer, batch, partition, pending)
+        #: Records given to the producer (or counted as lost by ``_send_batch``).
+        handed = 0
+        try:
+            for partition, records in by_partition.items():
+                batch = producer.create_batch()
+                pending = 0
+                for record in records:
+                    encoded += 1
+                    if encoded % _RECORDS_PER_SLICE == 0:
+                        await asyncio.sleep(0)  # let the answers waiting meanwhile go first
+                    key = str(record.user_id).encode()
+                    timestamp = int(record.time * 1000)
+                    if batch.append(key=key, value=record.to_json(), timestamp=timestamp) is None:
+                        await self._send_batch(producer, batch, partition, pending)
+                        handed += pending
+                        batch = producer.create_batch()
+                        pending = 0
+                        batch.append(key=key, value=record.to_json(), timestamp=timestamp)
+                    pending += 1
+                await self._send_batch(producer, batch, partition, pending)
+                handed += pending
+        except asyncio.CancelledError:
+            # Stopped mid-round (``close`` ran out of time): the records taken from the
+            # buffer and not given to the producer are lost, and counted like the
+            # buffer's. A batch whose send was cancelled counts as lost even if Kafka
+            # got it: no delivery callback was attached to it, so it is counted once.
+            self._drop("shutdown", take - handed)
+            raise
 
     async def _send_batch(self, producer: Any, batch: Any, partition: int, count: int) -> None:
         if count == 0:

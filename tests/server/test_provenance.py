@@ -41,6 +41,53 @@ async def test_kafka_down_fills_the_buffer_then_drops_the_oldest() -> None:
     assert sink.dropped["shutdown"] == 5 and sink.sent == 0
 
 
+class _Batch(list[bytes]):
+    """A batch with room for every record."""
+
+    def append(self, key: bytes, value: bytes, timestamp: int) -> object:  # type: ignore[override]
+        super().append(value)
+        return object()
+
+
+class _QuietProducer:
+    """A producer whose broker accepted the connection and then went quiet."""
+
+    def __init__(self) -> None:
+        self.sending = asyncio.Event()
+
+    async def start(self) -> None:
+        return None
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def create_batch(self) -> _Batch:
+        return _Batch()
+
+    async def send_batch(self, batch: list[bytes], topic: str, partition: int) -> object:
+        self.sending.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_records_taken_for_a_send_that_never_ends_are_counted_at_shutdown() -> None:
+    producer = _QuietProducer()
+    sink = KafkaProvenance(
+        "127.0.0.1:1", "reelfeed.recommendations", linger_s=0.01, producer_factory=lambda: producer
+    )
+    for user in range(250):
+        sink.emit(_record(user))
+    await sink.start()
+    await asyncio.wait_for(producer.sending.wait(), 5)
+    assert sink.buffered == 0  # all taken for the round in flight
+    await sink.close(timeout=0.1)
+    assert sink.sent == 0
+    assert sink.dropped == {"buffer_full": 0, "delivery": 0, "shutdown": 250}
+
+
 async def test_server_serves_while_kafka_is_down(make_app: AppFactory, fakes: Fakes) -> None:
     metrics = ServerMetrics()
     sink = KafkaProvenance(
