@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -36,6 +37,12 @@ from state import (
 )
 
 TOKEN = "test-admin-token-0123456789"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The server's tests run on uvloop, the loop ``reelfeed serve`` runs on (its clock
+    has a resolution of a millisecond, its transports are not asyncio's classes)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def make_matrix(
