@@ -137,7 +137,7 @@ async def _learn(
     if whole_catalog:
         # A long-running site has seen every movie: give the ones this day missed the
         # rows the model makes at a movie's first sight (a fresh vector, its genres).
-        model._item_rows([movie.movie_id for movie in world.movies])
+        model.add_items(movie.movie_id for movie in world.movies)
     return LearnedModel(
         processor.item_matrix(),
         writer.user_rows,

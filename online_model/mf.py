@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -329,6 +329,15 @@ class OnlineMF(Ranker):
             popularity_weight=self.popularity_weight,
             cold_start_events=self.cold_start_events,
         )
+
+    def add_items(self, items: Iterable[Hashable]) -> None:
+        """Give the ``items`` the model has not seen the rows it makes at an item's first
+        sight (a fresh vector, and the item's side features); known items are unchanged.
+
+        For a catalog known in advance, e.g. a benchmark that wants every movie in the
+        matrix, not only those the stream mentioned.
+        """
+        self._item_rows(list(items))
 
     def mark_all_changed(self) -> None:
         """Make the next :meth:`pop_changes` report every user and item.

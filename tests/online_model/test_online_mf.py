@@ -170,6 +170,17 @@ def test_zero_weight_registers_without_learning() -> None:
     assert math.isclose(model.predict_one("u", "a"), float(vector @ model.item_matrix[0]))
 
 
+def test_add_items_gives_new_items_rows_and_leaves_known_ones() -> None:
+    model = OnlineMF(n_factors=4, seed=0)
+    model.learn_one("u", "a", 1.0)
+    known = model.item_matrix[0].copy()
+    model.add_items(iter(["a", "b", "c", "b"]))
+    assert model.item_ids == ["a", "b", "c"]
+    assert np.array_equal(model.item_matrix[0], known)
+    assert np.all(np.isfinite(model.item_matrix[1:])) and np.any(model.item_matrix[1:] != 0)
+    assert model.item_popularity.tolist()[1:] == [0.0, 0.0]
+
+
 def test_predict_one_never_inserts_unknown_ids() -> None:
     model = OnlineMF(n_factors=4, seed=0)
     model.learn_one("u", "a", 1.0)
