@@ -143,8 +143,12 @@ class _Breaker:
     It opens after ``failures_to_open`` failures in a row. Timeouts count only while
     no call has succeeded for two deadlines: when the server itself is overloaded,
     some calls miss the deadline while others still succeed, and that is not an
-    outage (those answers fall back one by one). After ``retry_s`` one call probes
-    Redis; its success closes the breaker, its failure opens it again.
+    outage (those answers fall back one by one). Nor do timeouts noticed more than two
+    deadlines late: then the process itself did not run (starved of CPU), and Redis's
+    replies may be waiting unread behind the timer (a benchmark run with Redis healthy
+    had its breaker opened so, and gave 3% of its answers from popularity). After
+    ``retry_s`` one call probes Redis; its success closes the breaker, its failure
+    opens it again.
     """
 
     def __init__(
@@ -175,14 +179,16 @@ class _Breaker:
         return True
 
     def record(self, outcome: str) -> None:
-        """``"ok"``, ``"timeout"``, ``"error"``, or ``"cancelled"`` (the caller left)."""
+        """``"ok"``, ``"timeout"``, ``"error"``, ``"cancelled"`` (the caller left), or
+        ``"stalled"`` (a timeout noticed more than two deadlines late: this process did
+        not run, e.g. starved of CPU, and Redis's replies may be waiting unread)."""
         self._probing = False
         if outcome == "ok":
             self._failures = 0
             self._open_until = 0.0
             self._last_success = self._clock()
             return
-        if outcome == "cancelled":
+        if outcome in ("cancelled", "stalled"):
             return
         now = self._clock()
         last_success = now if self._last_success is None else self._last_success
@@ -200,7 +206,7 @@ class _Breaker:
 class _Wait:
     """One task waiting under a deadline (see :class:`_Deadlines`)."""
 
-    __slots__ = ("cancelling", "deadline", "done", "expired", "task")
+    __slots__ = ("cancelling", "deadline", "done", "expired", "late", "task")
 
     def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
         self.task = task
@@ -209,6 +215,9 @@ class _Wait:
         self.cancelling = task.cancelling()
         self.done = False
         self.expired = False
+        #: Whether it expired more than two deadlines after its deadline: the process
+        #: did not run meanwhile, so the wait says nothing about Redis.
+        self.late = False
 
     def timed_out(self) -> bool:
         """After a ``CancelledError``: whether it was this deadline's (then absorbed)."""
@@ -259,6 +268,7 @@ class _Deadlines:
                     self._timer = loop.call_at(wait.deadline, self._expire, loop)
                     return
                 wait.expired = True
+                wait.late = now - wait.deadline > 2 * self._seconds
                 wait.task.cancel()
             waits.popleft()
 
@@ -393,7 +403,9 @@ class Recommender:
                 log.debug("user context of %d failed: %r", user_id, exc)
             finally:
                 pending.done = True
-                breaker.record("timeout" if outcome == "redis_timeout" else outcome)
+                if outcome == "redis_timeout":
+                    outcome = "stalled" if pending.late else "timeout"
+                breaker.record(outcome)
         else:
             reason = "redis_unavailable"
         if context is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
@@ -67,6 +68,33 @@ async def test_a_timed_out_answer_leaves_its_task_uncancelled() -> None:
     models.delay_s = 0.0
     assert (await recommender.recommend(7)).fallback == "no_model"
     assert isinstance(await models.user_context("v1", 7), UserContext)
+
+
+async def test_timeouts_of_a_process_that_did_not_run_do_not_open_the_breaker() -> None:
+    models = FakeModels()
+    state = ServingState(20)
+    state.routing = Routing(live="v1")
+    config = ServerConfig(deadline_s=0.1, redis_failures_to_open=3, redis_retry_s=60.0)
+    recommender = Recommender(state, models, FakeProfiles(), ServerMetrics(), config)
+
+    async def stalled_answers() -> list[str | None]:
+        models.delay_s = 1.0
+        answers = [asyncio.ensure_future(recommender.recommend(user)) for user in range(5)]
+        await asyncio.sleep(0)  # all five wait for Redis now
+        time.sleep(0.6)  # the process does not run for six deadlines
+        return [answer.fallback for answer in await asyncio.gather(*answers)]
+
+    assert await stalled_answers() == ["redis_timeout"] * 5
+    models.delay_s = 0.0
+    # Redis is asked again (no model is loaded, so the list is popularity), not skipped.
+    assert (await recommender.recommend(9)).fallback == "no_model"
+
+    # The same five timeouts noticed in time open it: Redis did not answer.
+    models.delay_s = 1.0
+    await asyncio.sleep(0.25)  # two deadlines since the last success
+    answers = await asyncio.gather(*(recommender.recommend(user) for user in range(5)))
+    assert [answer.fallback for answer in answers] == ["redis_timeout"] * 5
+    assert (await recommender.recommend(9)).fallback == "redis_unavailable"
 
 
 def test_batched_metrics_equal_per_call_prometheus_client() -> None:
