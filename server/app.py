@@ -56,6 +56,7 @@ __all__ = [
     "answer_recommend_directly",
     "create_app",
     "parse_user_id",
+    "recommend_directly_on",
 ]
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,15 @@ def answer_recommend_directly(app: web.Application, handler: _Handler) -> _Handl
         return await handler(request)
 
     return dispatch
+
+
+def recommend_directly_on(runner: web.BaseRunner, app: web.Application) -> None:
+    """Install :func:`answer_recommend_directly` on ``runner``'s server (set up, not yet
+    serving: each new connection reads the server's handler), as ``server.run`` does."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("set the runner up before installing the direct /recommend")
+    server.request_handler = answer_recommend_directly(app, server.request_handler)
 
 
 async def _recommend(app: web.Application, raw_user_id: str) -> web.Response:

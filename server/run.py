@@ -33,7 +33,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from server.app import BALANCE, METRICS, answer_recommend_directly, create_app
+from server.app import BALANCE, METRICS, create_app, recommend_directly_on
 from server.balance import ConnectionBalance
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -85,8 +85,7 @@ async def serve(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout_s
     )
     await runner.setup()
-    assert runner.server is not None  # set up
-    runner.server.request_handler = answer_recommend_directly(app, runner.server.request_handler)
+    recommend_directly_on(runner, app)
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
         await site.start()

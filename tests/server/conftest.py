@@ -22,7 +22,7 @@ from server import (
     UserProfile,
     create_app,
 )
-from server.app import answer_recommend_directly
+from server.app import recommend_directly_on
 from state import (
     FeatureStore,
     ItemMatrix,
@@ -247,12 +247,6 @@ def make_app(fakes: Fakes) -> AppFactory:
     return factory
 
 
-def answer_directly(runner: web.BaseRunner, app: web.Application) -> None:
-    """Serve ``app`` on ``runner`` as ``server.run`` does: ``/recommend`` past the router."""
-    assert runner.server is not None
-    runner.server.request_handler = answer_recommend_directly(app, runner.server.request_handler)
-
-
 @pytest.fixture(params=["routed", "direct"])
 async def client(
     make_app: AppFactory, request: pytest.FixtureRequest
@@ -263,7 +257,7 @@ async def client(
     async with TestClient(TestServer(app)) as test_client:
         if request.param == "direct":
             assert test_client.server.runner is not None
-            answer_directly(test_client.server.runner, app)
+            recommend_directly_on(test_client.server.runner, app)
         yield test_client
 
 
@@ -279,7 +273,7 @@ def live_server(make_app: AppFactory) -> Iterator[str]:
     def run() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(runner.setup())
-        answer_directly(runner, app)
+        recommend_directly_on(runner, app)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         loop.run_until_complete(site.start())
         host, port = runner.addresses[0][:2]
